@@ -1,0 +1,139 @@
+"""``musedrp simulate | plan | reduce``: the whole system on one machine, no servers."""
+
+import argparse
+import os
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+from musedrp import esorex, report
+from musedrp.errors import ConfigError, NoWork
+from musedrp.executor import LocalExecutor, available_memory_gb
+from musedrp.frames import classify_dir
+from musedrp.planner import plan_night
+from musedrp.registry import Registry
+
+
+def parse_ifus(text: str) -> list[int]:
+    """``1-24``, ``1,7`` or ``1-3,13`` -> sorted IFU numbers, each within 1..24."""
+    ifus: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            ifus.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an IFU list: {text!r} (e.g. 1-24 or 1,7)")
+    if not ifus or min(ifus) < 1 or max(ifus) > 24:
+        raise argparse.ArgumentTypeError(f"IFUs must lie within 1..24: {text!r}")
+    return sorted(ifus)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from musedrp.simulate.night import simulate_night
+
+    t0 = time.monotonic()
+
+    def progress(i: int, n: int, name: str) -> None:
+        if i == n or i % 10 == 0:
+            print(f"  [{i:>3}/{n}] {name}  (t+{time.monotonic() - t0:.0f} s)", flush=True)
+
+    print(f"Simulating night {args.date} with IFUs {args.ifus} (seed {args.seed}) "
+          f"into {args.out_dir}", flush=True)
+    simulate_night(args.out_dir, args.ifus, args.seed, args.date, progress=progress)
+    print(f"Done in {time.monotonic() - t0:.0f} s; truth in {args.out_dir / 'truth.json'}")
+    return 0
+
+
+def _plan(args: argparse.Namespace, out: Path):
+    if not args.raw_dir.is_dir():
+        raise ConfigError(f"no such directory: {args.raw_dir}")
+    frames, ignored = classify_dir(args.raw_dir)
+    for path, why in ignored:
+        print(f"ignored {path}: {why}")
+    if not frames:
+        raise NoWork(f"no FITS files in {args.raw_dir}")
+    return plan_night(frames, out.resolve(), esorex.pipeline_version(), args.ifus)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = _plan(args, args.out)
+    print(report.plan_text(plan, args.raw_dir), end="")
+    return 0
+
+
+def cmd_reduce(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    plan = _plan(args, out)
+    (out / "plan.txt").write_text(report.plan_text(plan, args.raw_dir))
+    cpus = sorted(os.sched_getaffinity(0))[: args.cpus] if args.cpus else sorted(
+        os.sched_getaffinity(0))
+    memory = args.memory or round(0.85 * available_memory_gb(), 1)
+    registry = Registry.for_output(out, args.db)
+    statuses = {f.path: (s, "; ".join(w)) for f in plan.frames for s, w in [plan.status(f)]}
+    registry.record_frames(plan.frames, statuses)
+    print("\n".join(report.frame_summary(plan)))
+    print(f"Plan: {len(plan.orders)} jobs (details in {out / 'plan.txt'}); running on CPUs "
+          f"{esorex.format_cpus(cpus)} within {memory:.1f} GB", flush=True)
+    executor = LocalExecutor(out, cpus, memory, registry, args.scratch,
+                             report=lambda line: print(line, flush=True))
+    results = executor.run(plan.orders)
+    print()
+    print("\n".join(report.run_summary(results, out, time.monotonic() - t0)))
+    print(f"Products under {out / 'products'}; registry {registry.engine.url}")
+    registry.close()
+    failed = [r for r in results.values() if r.outcome not in ("succeeded", "cached")]
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="musedrp", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="write a synthetic MUSE night of raw frames")
+    s.add_argument("out_dir", type=Path)
+    s.add_argument("--ifus", type=parse_ifus, default=parse_ifus("1-24"),
+                   help="IFUs to write (default 1-24; e.g. 1-3 or 1,7)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--date", type=date.fromisoformat, default=date(2014, 8, 1),
+                   help="the night, as the date of its evening (default 2014-08-01)")
+    s.set_defaults(func=cmd_simulate)
+
+    for name, helptext in (("plan", "show the jobs and every frame's fate; run nothing"),
+                           ("reduce", "plan and run the reduction on this machine")):
+        c = sub.add_parser(name, help=helptext)
+        c.add_argument("raw_dir", type=Path)
+        c.add_argument("-o", "--out", type=Path, default=Path("reduced"),
+                       help="output directory (default ./reduced)")
+        c.add_argument("--ifus", type=parse_ifus, default=None,
+                       help="reduce only these IFUs (default: every IFU in the data)")
+        if name == "reduce":
+            c.add_argument("--cpus", type=int, default=None,
+                           help="number of CPUs to use (default: all this process may use)")
+            c.add_argument("--memory", type=float, default=None,
+                           help="memory budget in GB (default: 85%% of what is available)")
+            c.add_argument("--db", default=None,
+                           help="registry URL, e.g. postgresql+psycopg://user@host/db "
+                                "(default: OUT/registry.sqlite)")
+            c.add_argument("--scratch", type=Path, default=None,
+                           help="scratch directory for recipe runs (default: system temp)")
+        c.set_defaults(func=cmd_plan if name == "plan" else cmd_reduce)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, NoWork) as err:
+        print(f"musedrp: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("musedrp: interrupted; running recipes were stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

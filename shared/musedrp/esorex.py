@@ -1,0 +1,267 @@
+"""Run one esorex recipe as an isolated, pinned, time-limited subprocess.
+
+The recipe runs in its own scratch directory with explicit ``--output-dir``/``--log-dir``,
+pinned with ``taskset`` to a CPU set and with ``OMP_NUM_THREADS`` equal to its size (libgomp
+would otherwise start one thread per CPU it sees, MUSE.md §8), in a new session so that a
+timeout kills the whole process group.  Exit codes are not enough (MUSE.md §2.1): the log
+is parsed and the products are checked.
+"""
+
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from astropy.io import fits
+
+from musedrp.errors import ConfigError, DataError, Transient
+from musedrp.tags import Tag
+
+LOG_FILE = "esorex.log"
+STDOUT_FILE = "esorex.stdout"
+SOF_FILE = "input.sof"
+RECIPE_DIR = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
+# environment that changes what a recipe does: never inherited (MUSE.md §4)
+SCRUBBED_ENV = ("ESOREX_", "MUSE_DEBUG_", "OMP_", "GOMP_")
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \[\s*(?P<level>[A-Z]+)\s*\] (?P<text>.*)$")
+
+
+@dataclass(frozen=True)
+class SofEntry:
+    path: Path
+    tag: Tag
+
+
+@dataclass
+class RecipeRun:
+    """What one esorex call did and cost."""
+
+    recipe: str
+    command: list[str]
+    returncode: int | None
+    wall_s: float
+    cpu_user_s: float
+    cpu_sys_s: float
+    peak_rss_bytes: int
+    cpus: list[int]
+    omp_num_threads: int
+    timed_out: bool
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    products: list[Path] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def format_cpus(cpus: Iterable[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
+    """Link the inputs into ``workdir/inputs`` under their original names and write the SOF.
+
+    Keeping the names means esorex's own provenance keywords (``PRO.REC1.RAWn.NAME``) name
+    the real frames.  The SOF is whitespace-separated, so names with blanks are refused.
+    """
+    inputs = workdir / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for e in entries:
+        name = e.path.name
+        if re.search(r"\s", name):
+            raise DataError(f"input file name contains white space, which a SOF cannot hold: {name!r}")
+        link = inputs / name
+        if link.is_symlink() or link.exists():
+            if link.resolve() != e.path.resolve():
+                raise DataError(f"two different inputs share the file name {name!r}")
+        else:
+            link.symlink_to(e.path.resolve())
+        lines.append(f"{link} {e.tag}")
+    sof = workdir / SOF_FILE
+    sof.write_text("\n".join(lines) + "\n")
+    return sof
+
+
+def parse_log(text: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """Errors, warnings and the esorex/CPL/MUSE versions from an esorex log."""
+    errors, warnings, versions = [], [], {}
+    for line in text.splitlines():
+        m = LOG_LINE.match(line)
+        if not m:
+            continue
+        level, msg = m["level"], m["text"].split("] ", 1)[-1]
+        if level == "ERROR":
+            errors.append(msg)
+        elif level == "WARNING" and "Unable to open directory" not in msg:
+            warnings.append(msg)
+        if v := re.search(r"This is EsoRex, version (\S+)", msg):
+            versions["esorex"] = v[1]
+        if v := re.search(r"CPL = ([^,\s]+)", msg):
+            versions["cpl"] = v[1]
+        if v := re.search(r"MUSE Instrument Pipeline v(\S+)", msg):
+            versions["muse"] = v[1]
+    return errors, warnings, versions
+
+
+@functools.cache
+def esorex_path() -> str:
+    exe = shutil.which("esorex")
+    if exe is None:
+        raise ConfigError("esorex not found on PATH: install it with "
+                          "`apt-get install esorex cpl-plugin-muse` (or `make setup`)")
+    return exe
+
+
+@functools.cache
+def pipeline_version(recipe: str = "muse_bias") -> str:
+    """The MUSE pipeline version as the installed recipe reports it."""
+    out = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+        [esorex_path(), f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe],
+        capture_output=True, text=True, timeout=60, check=False).stdout
+    m = re.search(rf"{recipe} -- version (\S+)", out)
+    if not m:
+        raise ConfigError(f"esorex does not know the recipe {recipe}: "
+                          "is cpl-plugin-muse installed?")
+    return m[1]
+
+
+def _child_env(workdir: Path, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["HOME"] = str(workdir)  # no user-level ~/.esorex configuration
+    return env
+
+
+_active: set[int] = set()  # process groups of running recipes
+_active_lock = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill every recipe this process started that is still running (used on Ctrl-C)."""
+    with _active_lock:
+        for pid in _active:
+            _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run_recipe(
+    recipe: str,
+    sof: Sequence[SofEntry],
+    args: Sequence[str],
+    workdir: Path,
+    cpus: Sequence[int],
+    timeout_s: float,
+    esorex: str | None = None,
+) -> RecipeRun:
+    """Run ``esorex recipe args sof`` and return what happened; raises only on timeout.
+
+    The caller decides what a non-zero exit or missing products mean (see ``check``).
+
+    Raises
+    ------
+    Transient
+        The wall-clock timeout expired; the whole process group was killed.
+    """
+    if not cpus:
+        raise ConfigError("empty CPU set")
+    workdir.mkdir(parents=True, exist_ok=True)
+    outdir = workdir / "products"
+    if outdir.exists():
+        shutil.rmtree(outdir)  # a previous attempt's leftovers must not count as products
+    outdir.mkdir()
+    sof_path = write_sof(sof, workdir)
+    command = [
+        "taskset", "--cpu-list", format_cpus(cpus),
+        esorex or esorex_path(), f"--recipe-dir={RECIPE_DIR}",
+        f"--output-dir={outdir}", f"--log-dir={workdir}", f"--log-file={LOG_FILE}",
+        "--suppress-link=TRUE", "--check-sof-exist=TRUE",
+        recipe, *args, str(sof_path),
+    ]
+    started = time.monotonic()
+    with (workdir / STDOUT_FILE).open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - argument list built here, never a shell
+            command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, env=_child_env(workdir, len(cpus)),
+            start_new_session=True)
+    with _active_lock:
+        _active.add(proc.pid)
+    timed_out = False
+    status = usage = None
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - started > timeout_s:
+                timed_out = True
+                _kill_group(proc.pid)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.1)
+    except BaseException:
+        _kill_group(proc.pid)  # interrupted: never leave a recipe running
+        raise
+    finally:
+        _kill_group(proc.pid)  # grandchildren left behind by a crashed recipe
+        with _active_lock:
+            _active.discard(proc.pid)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - started
+    log_path = workdir / LOG_FILE
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    errors, warnings, versions = parse_log(log)
+    run = RecipeRun(
+        recipe=recipe, command=command, returncode=proc.returncode, wall_s=round(wall, 3),
+        cpu_user_s=round(usage.ru_utime, 3), cpu_sys_s=round(usage.ru_stime, 3),
+        peak_rss_bytes=usage.ru_maxrss * 1024, cpus=sorted(cpus), omp_num_threads=len(cpus),
+        timed_out=timed_out, errors=errors, warnings=warnings, versions=versions,
+        products=sorted(outdir.glob("*.fits")), log_path=log_path if log_path.exists() else None,
+    )
+    if timed_out:
+        raise Transient(f"{recipe} exceeded its {timeout_s:.0f} s wall-clock limit and was "
+                        "killed", run=run)
+    return run
+
+
+def check(run: RecipeRun, expected: Sequence[str]) -> dict[str, Path]:
+    """Products by file name, after checking exit code, errors and the expected files.
+
+    Raises
+    ------
+    DataError
+        Non-zero exit, missing or unreadable products, or a product of the wrong category.
+    """
+    found = {p.name: p for p in run.products}
+    missing = [name for name in expected if name not in found]
+    if run.returncode != 0 or missing:
+        detail = "; ".join(run.errors[-3:]) or "no [ERROR] line in the log"
+        raise DataError(f"{run.recipe} exited with {run.returncode}"
+                        + (f", missing {', '.join(missing)}" if missing else "")
+                        + f": {detail}", run=run)
+    for name in expected:
+        try:
+            catg = fits.getheader(found[name], 0).get("HIERARCH ESO PRO CATG")
+        except (OSError, ValueError) as err:
+            raise DataError(f"product {name} is not a readable FITS file: {err}", run=run) from err
+        if catg is None or not name.startswith(str(catg)):
+            raise DataError(f"product {name} has PRO.CATG={catg!r}", run=run)
+    return {name: found[name] for name in expected}
+
+
+def qc_keywords(path: Path) -> dict[str, float | int | str | bool]:
+    """All ``ESO QC`` keywords of a product's primary header."""
+    header = fits.getheader(path, 0)
+    return {k.removeprefix("ESO "): v for k, v in header.items() if k.startswith("ESO QC ")}

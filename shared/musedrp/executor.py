@@ -1,0 +1,130 @@
+"""Embedded mode: run work orders on this machine, one pinned core per job, within a memory
+budget, each job as soon as the jobs it needs have succeeded."""
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from musedrp import esorex, runner
+from musedrp.messages import WorkOrder
+from musedrp.registry import Registry
+from musedrp.runner import JobResult
+from musedrp.topology import BY_NAME
+
+OK = ("succeeded", "cached")
+
+
+def available_memory_gb() -> float:
+    """``MemAvailable`` from /proc/meminfo, in GB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 1024**2
+    raise RuntimeError("no MemAvailable in /proc/meminfo")
+
+
+def describe(o: WorkOrder) -> str:
+    return f"{o.stage:<5} IFU {o.ifu:02d}" if o.ifu else o.stage
+
+
+class LocalExecutor:
+    """Schedules work orders on a CPU set and a memory budget.
+
+    A job is admitted only while its stage's memory estimate fits beside the running ones;
+    a job whose estimate alone exceeds the budget is never started and fails with that
+    reason.  Jobs downstream of a failure are skipped with the upstream job named.
+    """
+
+    def __init__(self, out_root: Path, cpus: Sequence[int], memory_gb: float,
+                 registry: Registry | None = None, scratch: Path | None = None,
+                 report: Callable[[str], None] = print, heartbeat_s: float = 30.0) -> None:
+        if not cpus:
+            raise ValueError("no CPUs to run on")
+        self.out_root, self.cpus, self.memory_gb = out_root, list(cpus), memory_gb
+        self.registry, self.scratch, self.report = registry, scratch, report
+        self.heartbeat_s = heartbeat_s
+
+    def _execute(self, order: WorkOrder, cpu: int) -> JobResult:
+        stage = BY_NAME[order.stage]
+        try:
+            return runner.execute(order, stage.spec, stage.compute(), self.out_root, [cpu],
+                                  self.scratch)
+        except Exception as err:  # a bug: report it as this job's failure, keep the rest going
+            return JobResult(order, "failed", self.out_root / order.product_dir,
+                             reason=f"internal error: {err!r}\n{traceback.format_exc()}")
+
+    def _finish(self, result: JobResult, done: int, total: int, t0: float) -> None:
+        o, run = result.order, result.manifest.get("run", {})
+        cost = (f"{run['wall_s']:6.1f} s {run['peak_rss_bytes'] / 1e9:5.2f} GB"
+                if run and result.outcome != "cached" else "")
+        reason = f": {result.reason.splitlines()[0]}" if result.reason else ""
+        self.report(f"[{done:>3}/{total}] {result.outcome:<9} {describe(o)}  {cost}"
+                    f"  (t+{time.monotonic() - t0:.0f} s){reason}")
+        if self.registry:
+            self.registry.set_state(o.job_key, result.outcome, result.reason,
+                                    run.get("wall_s"), run.get("peak_rss_bytes"))
+            if result.outcome in OK:
+                self.registry.record_products(o.job_key, o.ifu, [
+                    (str(result.directory / name), tag, result.manifest["qc"].get(name, {}))
+                    for name, tag in result.products.items()])
+
+    def run(self, orders: Sequence[WorkOrder]) -> dict[str, JobResult]:
+        """Run everything that can run; return the result of every order, keyed by job key."""
+        results: dict[str, JobResult] = {}
+        pending = list(orders)
+        free = sorted(self.cpus)
+        mem_in_use = 0.0
+        running: dict[Future[JobResult], tuple[WorkOrder, int]] = {}
+        total, t0, last_beat = len(orders), time.monotonic(), time.monotonic()
+        if self.registry:
+            self.registry.record_orders(orders)
+
+        def settle(result: JobResult) -> None:
+            results[result.order.job_key] = result
+            self._finish(result, len(results), total, t0)
+
+        with ThreadPoolExecutor(max_workers=len(self.cpus)) as pool:
+            try:
+                while pending or running:
+                    for o in list(pending):
+                        failed = [n for n in o.needs if n in results and results[n].outcome not in OK]
+                        if failed:
+                            pending.remove(o)
+                            settle(JobResult(o, "skipped", self.out_root / o.product_dir,
+                                             reason=f"upstream job {failed[0]} did not succeed"))
+                        elif o.memory_gb > self.memory_gb:
+                            pending.remove(o)
+                            settle(JobResult(o, "failed", self.out_root / o.product_dir,
+                                             reason=f"needs {o.memory_gb:.1f} GB, more than the "
+                                             f"memory budget of {self.memory_gb:.1f} GB: not started"))
+                    for o in list(pending):
+                        ready = all(results.get(n) and results[n].outcome in OK for n in o.needs)
+                        if ready and free and mem_in_use + o.memory_gb <= self.memory_gb:
+                            pending.remove(o)
+                            cpu = free.pop(0)
+                            mem_in_use += o.memory_gb
+                            if self.registry:
+                                self.registry.set_state(o.job_key, "running")
+                            running[pool.submit(self._execute, o, cpu)] = (o, cpu)
+                    if not running:
+                        if pending:  # nothing can start and nothing will finish: a planning bug
+                            raise RuntimeError(f"deadlock: {len(pending)} job(s) cannot start")
+                        break
+                    finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        o, cpu = running.pop(fut)
+                        free.append(cpu)
+                        free.sort()
+                        mem_in_use -= o.memory_gb
+                        settle(fut.result())
+                    if not finished and time.monotonic() - last_beat > self.heartbeat_s:
+                        last_beat = time.monotonic()
+                        names = ", ".join(describe(o) for o, _ in running.values())
+                        self.report(f"        ... running: {names} (t+{last_beat - t0:.0f} s)")
+            except BaseException:
+                esorex.kill_all()  # Ctrl-C: recipes run in their own sessions, stop them too
+                raise
+        return results
+

@@ -1,0 +1,88 @@
+"""Provenance, stamped once by the shared runner: product headers and ``manifest.json``."""
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from astropy.io import fits
+
+import musedrp
+from musedrp.messages import InputFile
+
+MANIFEST = "manifest.json"
+
+
+@functools.cache
+def git_sha() -> str:
+    """The code's revision: ``MUSEDRP_GIT_SHA`` (set in images) or the checkout's HEAD."""
+    if sha := os.environ.get("MUSEDRP_GIT_SHA"):
+        return sha
+    try:
+        out = subprocess.run(  # noqa: S603, S607 - fixed arguments
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+            capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def checksum(f: InputFile) -> str:
+    """A content checksum of what the job reads.
+
+    For a raw frame the ``DATASUM`` of its IFU extension (written by ESO and the simulator)
+    identifies exactly the data used, read from the header alone; otherwise the file's
+    SHA-256, computed once per file and process.
+    """
+    path = Path(f.path)
+    if f.ifu is not None:
+        try:
+            datasum = fits.getheader(path, f"CHAN{f.ifu:02d}").get("DATASUM")
+        except (KeyError, OSError):
+            datasum = None
+        if datasum:
+            return f"datasum:CHAN{f.ifu:02d}:{datasum}"
+    st = path.stat()
+    return _sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+def stamp(product: Path, job_key: str) -> None:
+    """Write musedrp's identity into a product's primary header."""
+    with fits.open(product, mode="update") as hdul:
+        h = hdul[0].header
+        h["HIERARCH MUSEDRP VERSION"] = musedrp.__version__
+        h["HIERARCH MUSEDRP GIT SHA"] = git_sha()
+        h["HIERARCH MUSEDRP JOB KEY"] = job_key
+
+
+def write_manifest(directory: Path, content: dict[str, Any]) -> Path:
+    """Write ``manifest.json`` atomically: it is the commit point of a job."""
+    content = {
+        "musedrp": {"version": musedrp.__version__, "git_sha": git_sha()},
+        "host": platform.node(),
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+        **content,
+    }
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n")
+    tmp.replace(directory / MANIFEST)
+    return directory / MANIFEST
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None

@@ -1,0 +1,130 @@
+"""Run one work order end to end: cache check, compute, provenance, commit.
+
+Shared by every stage and every run mode; stages only supply their ``compute.run``.
+"""
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from musedrp import esorex, provenance
+from musedrp.errors import DataError, MusedrpError
+from musedrp.messages import WorkOrder
+from musedrp.stages import StageSpec, product_tag
+from musedrp.tags import Tag
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What compute returns: products by file name, QC per product, and the recipe run."""
+
+    products: dict[str, Path]
+    qc: dict[str, dict[str, Any]]
+    run: esorex.RecipeRun
+
+
+@dataclass
+class JobResult:
+    order: WorkOrder
+    outcome: str  # succeeded, cached, failed
+    directory: Path
+    reason: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def products(self) -> dict[str, str]:
+        return self.manifest.get("products", {})
+
+
+def compute(spec: StageSpec, order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
+    """The common body of every recipe stage: SOF from the order, esorex, checked products."""
+    params = spec.params(**order.params)
+    args = ([f"--nifu={order.ifu}"] if spec.per_ifu and order.ifu else []) + params.to_esorex_args()
+    sof = [esorex.SofEntry(Path(f.path), f.tag) for f in order.inputs]
+    run = esorex.run_recipe(spec.recipe, sof, args, workdir, cpus, order.timeout_s)
+    products = esorex.check(run, spec.product_names(order.ifu, params))
+    qc = {name: esorex.qc_keywords(p) for name, p in products.items()}
+    return StageResult(products=products, qc=qc, run=run)
+
+
+def _run_record(run: esorex.RecipeRun) -> dict[str, Any]:
+    return {
+        "recipe": run.recipe, "command": run.command, "returncode": run.returncode,
+        "versions": run.versions, "cpus": run.cpus, "omp_num_threads": run.omp_num_threads,
+        "wall_s": run.wall_s, "cpu_user_s": run.cpu_user_s, "cpu_sys_s": run.cpu_sys_s,
+        "peak_rss_bytes": run.peak_rss_bytes, "n_warnings": len(run.warnings),
+        "n_errors": len(run.errors), "timed_out": run.timed_out,
+    }
+
+
+def execute(
+    order: WorkOrder,
+    spec: StageSpec,
+    compute_fn: Callable[[WorkOrder, Path, Sequence[int]], StageResult],
+    out_root: Path,
+    cpus: Sequence[int],
+    scratch_root: Path | None = None,
+) -> JobResult:
+    """Run ``order`` unless its manifest exists; commit products, logs and manifest.
+
+    Products are moved into place first and ``manifest.json`` is written last, so a crash
+    leaves no manifest and the next run recomputes.  A failed job keeps its esorex log and
+    an ``error.txt`` beside where its products would be.
+    """
+    final = out_root / order.product_dir
+    if (manifest := provenance.read_manifest(final)) is not None:
+        return JobResult(order, "cached", final, manifest=manifest)
+    final.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"{order.job_key}-", dir=scratch_root))
+    try:
+        inputs = [{"tag": f.tag, "name": Path(f.path).name, "path": f.path,
+                   "checksum": provenance.checksum(f), "job_key": f.job_key}
+                  for f in order.inputs]
+        try:
+            result = compute_fn(order, workdir, cpus)
+        except MusedrpError as err:
+            _keep_failure(workdir, final, str(err))
+            run = err.metadata.get("run")
+            record = {"run": _run_record(run)} if run else {}
+            return JobResult(order, "failed", final, reason=str(err), manifest=record)
+        for name, path in result.products.items():
+            provenance.stamp(path, order.job_key)
+            shutil.move(path, final / name)
+        for extra in (esorex.LOG_FILE, esorex.SOF_FILE, esorex.STDOUT_FILE):
+            if (workdir / extra).exists():
+                shutil.copy(workdir / extra, final / extra)
+        (final / "error.txt").unlink(missing_ok=True)
+        manifest = provenance.write_manifest(final, {
+            "job_key": order.job_key, "stage": order.stage, "night": order.night,
+            "setup": order.setup, "ifu": order.ifu, "inputs": inputs,
+            "parameters": spec.params(**order.params).model_dump(),
+            "reasons": list(order.reasons),
+            "products": {name: str(product_tag(Path(name))) for name in result.products},
+            "qc": result.qc, "run": _run_record(result.run),
+        })
+        return JobResult(order, "succeeded", final, manifest=provenance.read_manifest(manifest.parent))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _keep_failure(workdir: Path, final: Path, reason: str) -> None:
+    for extra in (esorex.LOG_FILE, esorex.SOF_FILE, esorex.STDOUT_FILE):
+        if (workdir / extra).exists():
+            shutil.copy(workdir / extra, final / extra)
+    (final / "error.txt").write_text(reason + "\n")
+
+
+def headline_qc(spec: StageSpec, result: JobResult) -> dict[str, Any]:
+    """The spec's headline QC keys of every product of a finished job."""
+    qc = result.manifest.get("qc", {})
+    return {k: v for name, values in qc.items()
+            for k, v in spec.headline_qc(Tag(product_tag(Path(name))), values).items()}
+
+
+def check_products_exist(result: JobResult) -> None:
+    missing = [n for n in result.products if not (result.directory / n).exists()]
+    if missing:
+        raise DataError(f"manifest of {result.order.job_key} lists missing products: {missing}")

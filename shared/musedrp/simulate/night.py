@@ -1,0 +1,261 @@
+"""A synthetic MUSE night modelled on the 2014 NGC 6397 commissioning night (MUSE.md).
+
+The night holds what an astronomer found in the real raw data: 11 science-mode (SCI1.0)
+biases and 11 fast engineering-mode (1x4 binned) biases, the same split for the lamp
+flats plus a second science-mode flat template in the morning (closer in time to the
+science, so "closest in time" matters), 15 arcs (5 per lamp), 7 twilight skyflats, an
+illumination flat attached to the science, the science exposures, a standard star of the
+same night, an older standard (as a calibration package would bring) and an astrometric
+field.  ``truth.json`` records what was simulated so tests can check the products.
+"""
+
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+
+from musedrp.simulate import detector
+
+MJD_EPOCH = datetime(1858, 11, 17)
+SCIENCE = ("SCI1.0", 1, 1)  # CURNAME, CURID, BINY
+FAST = ("FAST", 2, 4)  # engineering read-out, 1x4 binned (exact ESO string unverified)
+ARC_LAMPS = {"Ne": 3, "Xe": 4, "HgCd": 5}  # lamp/shutter number per arc lamp
+SHUTTER_NAMES = ("ContB", "ContR", "Ne", "Xe", "HgCd", "Ne")
+NGC6397 = (265.1754, -53.6743)
+STANDARDS = {"SIMSTD1": (0.0, -30.0), "SIMSTD2": (30.0, -20.0)}
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """One raw frame to write: what it is, when, and how it was read out."""
+
+    kind: str  # bias, flat, arc, skyflat, illum, object, std, astrometry
+    dpr: tuple[str, str]  # DPR.CATG, DPR.TYPE
+    tpl_id: str
+    tpl_start: datetime
+    nexp: int
+    expno: int
+    start: datetime
+    exptime: float
+    readout: tuple[str, int, int] = SCIENCE
+    lamps: tuple[int, ...] = ()  # lamps (and their shutters) that are on
+    target: str = ""
+    radec: tuple[float, float] = NGC6397
+
+    @property
+    def arcfile(self) -> str:
+        return f"MUSE.{self.start:%Y-%m-%dT%H:%M:%S}.{self.start.microsecond // 1000:03d}.fits"
+
+
+def mjd(t: datetime) -> float:
+    return (t - MJD_EPOCH).total_seconds() / 86400.0
+
+
+def _template(kind, dpr, tpl_id, start, n, step_s, exptime, **kw) -> list[Exposure]:
+    return [
+        Exposure(kind, dpr, tpl_id, start, n, i + 1, start + timedelta(seconds=i * step_s + 1.5),
+                 exptime, **kw)
+        for i in range(n)
+    ]
+
+
+def schedule(night: date) -> list[Exposure]:
+    """The night's frames in time order; ``night`` is the date at the start of the night."""
+    d = datetime(night.year, night.month, night.day)
+    cal = ("CALIB", "BIAS")
+    flat = ("CALIB", "FLAT,LAMP")
+    frames = [
+        *_template("bias", cal, "MUSE_wfm_cal_bias", d + timedelta(hours=18), 11, 60, 0.0),
+        *_template("bias", cal, "MUSE_wfm_cal_bias", d + timedelta(hours=18, minutes=30), 11, 60,
+                   0.0, readout=FAST),
+        *_template("flat", flat, "MUSE_wfm_cal_specflat", d + timedelta(hours=19), 11, 90, 10.0,
+                   lamps=(1, 2)),
+        *_template("flat", flat, "MUSE_wfm_cal_specflat", d + timedelta(hours=19, minutes=30), 11,
+                   90, 10.0, lamps=(1, 2), readout=FAST),
+    ]
+    arc_start = d + timedelta(hours=20)
+    for i in range(15):
+        lamp = list(ARC_LAMPS.values())[i // 5]
+        t = arc_start + timedelta(seconds=75 * i + 1.5)
+        frames.append(Exposure("arc", ("CALIB", "WAVE"), "MUSE_wfm_cal_arc", arc_start, 15, i + 1,
+                               t, 15.0, lamps=(lamp,)))
+    frames += [
+        *_template("skyflat", ("CALIB", "FLAT,SKY"), "MUSE_wfm_cal_skyflat",
+                   d + timedelta(hours=22, minutes=40), 7, 120, 20.0),
+        *_template("astrometry", ("CALIB", "ASTROMETRY"), "MUSE_wfm_cal_astrom",
+                   d + timedelta(hours=24, minutes=20), 1, 0, 60.0, target="NGC6397-ASTROM"),
+        *_template("illum", ("CALIB", "FLAT,LAMP,ILLUM"), "MUSE_wfm_cal_illum",
+                   d + timedelta(hours=27), 1, 0, 5.0, lamps=(1, 2)),
+        *_template("object", ("SCIENCE", "OBJECT"), "MUSE_wfm_obs_genericoffset",
+                   d + timedelta(hours=27, minutes=5), 3, 700, 600.0, target="NGC6397"),
+        *_template("std", ("CALIB", "STD"), "MUSE_wfm_cal_specphot",
+                   d + timedelta(hours=30, minutes=30), 1, 0, 60.0, target="SIMSTD1",
+                   radec=STANDARDS["SIMSTD1"]),
+        *_template("flat", flat, "MUSE_wfm_cal_specflat", d + timedelta(hours=34), 11, 90, 10.0,
+                   lamps=(1, 2)),
+        # the standard a calibration package would bring: two nights earlier
+        *_template("std", ("CALIB", "STD"), "MUSE_wfm_cal_specphot",
+                   d - timedelta(hours=24) - timedelta(minutes=10), 1, 0, 60.0, target="SIMSTD2",
+                   radec=STANDARDS["SIMSTD2"]),
+    ]
+    return sorted(frames, key=lambda e: e.start)
+
+
+def primary_header(e: Exposure) -> fits.Header:
+    """The keywords of MUSE.md §4 and §7.1 for one exposure."""
+    h = fits.Header()
+    curname, curid, biny = e.readout
+    ra, dec = e.radec
+    h["INSTRUME"] = "MUSE"
+    h["TELESCOP"] = "ESO-VLT-U4"
+    h["OBJECT"] = e.target or e.dpr[1]
+    h["RA"], h["DEC"], h["EQUINOX"] = ra, dec, 2000.0
+    h["EXPTIME"] = e.exptime
+    h["MJD-OBS"] = round(mjd(e.start), 8)
+    h["DATE-OBS"] = e.start.isoformat(timespec="milliseconds")
+    h["ARCFILE"] = e.arcfile
+    h["ORIGFILE"] = f"MUSE_{e.kind.upper()}_{e.start:%Y%m%d_%H%M%S}.fits"
+    eso = "HIERARCH ESO"
+    h[f"{eso} DPR CATG"], h[f"{eso} DPR TYPE"], h[f"{eso} DPR TECH"] = (*e.dpr, "IFU")
+    h[f"{eso} OBS ID"] = 200000000 + int(mjd(e.tpl_start) * 10) % 10000000
+    h[f"{eso} OBS NAME"] = e.target or e.tpl_id
+    h[f"{eso} OBS START"] = e.tpl_start.isoformat(timespec="seconds")
+    h[f"{eso} OBS PROG ID"] = "60.A-9100(G)"
+    h[f"{eso} OBS TARG NAME"] = e.target or "CALIB"
+    h[f"{eso} TPL ID"] = e.tpl_id
+    h[f"{eso} TPL NAME"] = e.tpl_id.replace("MUSE_", "")
+    h[f"{eso} TPL START"] = e.tpl_start.isoformat(timespec="seconds")
+    h[f"{eso} TPL NEXP"] = e.nexp
+    h[f"{eso} TPL EXPNO"] = e.expno
+    h[f"{eso} INS MODE"] = "WFM-NOAO-N"
+    h[f"{eso} INS OPTI1 NAME"] = "Blue"
+    h[f"{eso} INS OPTI2 NAME"] = "WFM"
+    h[f"{eso} INS DROT MODE"] = "SKY"
+    h[f"{eso} INS DROT POSANG"] = 0.0
+    h[f"{eso} INS TEMP7 VAL"] = 11.2
+    h[f"{eso} INS LAMPNUM"] = len(SHUTTER_NAMES)
+    for n, shutter in enumerate(SHUTTER_NAMES, start=1):
+        on = n in e.lamps
+        h[f"{eso} INS LAMP{n} NAME"] = f"CU-LAMP{n}"
+        h[f"{eso} INS LAMP{n} ST"] = on
+        h[f"{eso} INS SHUT{n} NAME"] = shutter
+        h[f"{eso} INS SHUT{n} ST"] = on
+        if on:
+            h[f"{eso} SEQ LAMP{n} ONTIME"] = e.exptime
+    h[f"{eso} DET NAME"] = "MUSE-NGCOPT"
+    h[f"{eso} DET CHIPS"] = 24
+    h[f"{eso} DET OUTPUTS"] = 96
+    h[f"{eso} DET READ CURID"] = curid
+    h[f"{eso} DET READ CURNAME"] = curname
+    h[f"{eso} DET BINX"] = 1
+    h[f"{eso} DET BINY"] = biny
+    h[f"{eso} TEL AIRM START"] = 1.004
+    h[f"{eso} TEL AIRM END"] = 1.004
+    h[f"{eso} TEL AMBI PRES START"] = 744.0
+    h[f"{eso} TEL AMBI PRES END"] = 744.0
+    h[f"{eso} TEL AMBI TEMP"] = 12.0
+    h[f"{eso} TEL AMBI RHUM"] = 10.0
+    h[f"{eso} TEL AMBI FWHM START"] = 0.8
+    h[f"{eso} TEL AMBI FWHM END"] = 0.8
+    h[f"{eso} TEL PARANG START"] = 0.0
+    h[f"{eso} TEL PARANG END"] = 0.0
+    h[f"{eso} TEL GEOLAT"] = -24.6270
+    h[f"{eso} TEL GEOLON"] = -70.4040
+    h[f"{eso} TEL GEOELEV"] = 2648.0
+    return h
+
+
+# Spectral shapes in electrons per pixel; the flat lamp peaks mid-band.
+def _lamp(lam: np.ndarray) -> np.ndarray:
+    return 22000.0 * (0.4 + 0.6 * np.exp(-0.5 * ((lam - 7000.0) / 1600.0) ** 2))
+
+
+def _twilight(lam: np.ndarray) -> np.ndarray:
+    return 12000.0 * np.exp(-0.5 * ((lam - 5500.0) / 2500.0) ** 2)
+
+
+def _night_sky(lam: np.ndarray) -> np.ndarray:
+    return 150.0 + 0.0 * lam
+
+
+SPECTRA = {"flat": _lamp, "illum": lambda lam: 0.3 * _lamp(lam), "skyflat": _twilight,
+           "object": _night_sky, "std": _night_sky, "astrometry": _night_sky}
+
+
+def slice_throughput(ifu: int, seed: int) -> np.ndarray:
+    """Relative throughput of each of the 48 slices (what the master flat must show)."""
+    return np.random.default_rng([seed, ifu, 11]).uniform(0.9, 1.1, detector.N_SLICES)
+
+
+def electrons(kind: str, ifu: int, seed: int, biny: int) -> np.ndarray | None:
+    """Illumination of the trimmed CCD in electrons, or None for frames without light.
+
+    Arcs carry no lines yet (they come with the wavelength-calibration stage)."""
+    spectrum = SPECTRA.get(kind)
+    if spectrum is None:
+        return None
+    mask = detector.slice_mask(ifu, biny)
+    left = detector.slice_left_edges()
+    u = np.arange(mask.shape[1])[None, :] - detector.slice_shift(
+        ifu, (np.arange(mask.shape[0]) + 0.5) * biny - 0.5)[:, None]
+    index = np.clip(np.searchsorted(left, u, side="right") - 1, 0, detector.N_SLICES - 1)
+    per_slice = slice_throughput(ifu, seed)[index].astype(np.float32)
+    rows = spectrum(detector.wavelength_rows(biny)).astype(np.float32)[:, None]
+    return mask * per_slice * rows * biny
+
+
+def write_exposure(e: Exposure, ifus: Sequence[int], seed: int, out: Path) -> Path:
+    """Write one raw frame with a CHANnn extension per IFU; deterministic per (seed, frame)."""
+    _, _, biny = e.readout
+    hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [fits.PrimaryHDU(header=primary_header(e))]
+    for ifu in ifus:
+        rng = np.random.default_rng([seed, ifu, int(mjd(e.start) * 86400)])
+        ports = detector.ports_for(ifu, seed)
+        data = detector.raw_extension(ifu, ports, rng, electrons(e.kind, ifu, seed, biny), biny)
+        hdus.append(fits.ImageHDU(data=data, header=detector.extension_header(ifu, ports, biny)))
+    path = out / e.arcfile
+    fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)
+    return path
+
+
+@dataclass
+class Truth:
+    """What the simulator put into the night, for checking the products."""
+
+    night: str
+    seed: int
+    ifus: list[int]
+    ports: dict[int, list[dict]] = field(default_factory=dict)
+    slice_centres_mid: dict[int, list[float]] = field(default_factory=dict)
+    slice_throughput: dict[int, list[float]] = field(default_factory=dict)
+    frames: list[dict] = field(default_factory=list)
+
+
+def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = date(2014, 8, 1),
+                   workers: int | None = None, progress=None) -> Truth:
+    """Write the whole night into ``out`` and return (and save) the truth."""
+    out.mkdir(parents=True, exist_ok=True)
+    exposures = schedule(night)
+    truth = Truth(night=night.isoformat(), seed=seed, ifus=list(ifus))
+    for ifu in ifus:
+        truth.ports[ifu] = [asdict(p) for p in detector.ports_for(ifu, seed)]
+        mid = (detector.TRIMMED[0] - 1) / 2
+        truth.slice_centres_mid[ifu] = detector.slice_centres(ifu, mid).round(3).tolist()
+        truth.slice_throughput[ifu] = slice_throughput(ifu, seed).round(4).tolist()
+    truth.frames = [{"file": e.arcfile, "kind": e.kind, "readout": e.readout[0],
+                     "tpl_start": e.tpl_start.isoformat(), "target": e.target} for e in exposures]
+    workers = workers or len(os.sched_getaffinity(0))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(write_exposure, e, list(ifus), seed, out) for e in exposures]
+        for i, f in enumerate(futures, start=1):
+            path = f.result()
+            if progress:
+                progress(i, len(futures), path.name)
+    (out / "truth.json").write_text(json.dumps(asdict(truth), indent=1))
+    return truth

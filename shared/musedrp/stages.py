@@ -1,0 +1,81 @@
+"""The contract of a recipe stage: inputs and products from its man page, plus what only we
+know (per-IFU or fan-in, memory model, timeout, headline QC keys)."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from musedrp.tags import Tag
+
+
+class RecipeParams(BaseModel):
+    """Recipe options; subclasses copy names and defaults from ``esorex --man-page``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def to_esorex_args(self) -> list[str]:
+        """The only place that writes ``--name=value``; booleans as esorex spells them."""
+        def fmt(v: object) -> str:
+            return ("TRUE" if v else "FALSE") if isinstance(v, bool) else str(v)
+        return [f"--{k}={fmt(v)}" for k, v in self.model_dump().items()]
+
+
+@dataclass(frozen=True)
+class Input:
+    """One row of the man page's input table."""
+
+    tag: Tag
+    raw: bool = False
+    required: bool = True
+    min_count: int = 1
+
+
+@dataclass(frozen=True)
+class Product:
+    tag: Tag
+    when: str = ""  # the option that enables an optional product
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """Peak RSS of one job in GB: ``base + per_frame * raw frames`` (per IFU in flight)."""
+
+    base_gb: float
+    per_frame_gb: float
+
+    def estimate_gb(self, n_frames: int) -> float:
+        return round(self.base_gb + self.per_frame_gb * n_frames, 2)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    recipe: str
+    inputs: tuple[Input, ...]
+    products: tuple[Product, ...]
+    params: type[RecipeParams]
+    per_ifu: bool
+    memory: MemoryModel
+    timeout_s: float
+    qc: dict[Tag, tuple[str, ...]]  # headline QC keys (regular expressions) per product
+
+    @property
+    def raw_tags(self) -> tuple[Tag, ...]:
+        return tuple(i.tag for i in self.inputs if i.raw)
+
+    def product_names(self, ifu: int | None, params: RecipeParams) -> list[str]:
+        """File names esorex writes with ``--merge=FALSE``: ``<PRO.CATG>-<ifu>.fits``."""
+        suffix = f"-{ifu:02d}" if self.per_ifu and ifu else ""
+        return [f"{p.tag}{suffix}.fits" for p in self.products
+                if not p.when or getattr(params, p.when)]
+
+    def headline_qc(self, tag: Tag, qc: dict[str, object]) -> dict[str, object]:
+        patterns = [re.compile(p) for p in self.qc.get(tag, ())]
+        return {k: v for k, v in qc.items() if any(p.fullmatch(k) for p in patterns)}
+
+
+def product_tag(path: Path) -> Tag:
+    """``MASTER_BIAS-01.fits`` -> ``Tag.MASTER_BIAS``."""
+    return Tag(re.sub(r"(-\d\d)?\.fits$", "", path.name))
