@@ -23,7 +23,8 @@ def parse_ifus(text: str) -> list[int]:
         try:
             ifus.update(range(int(lo), int(hi or lo) + 1))
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an IFU list: {text!r} (e.g. 1-24 or 1,7)")
+            raise argparse.ArgumentTypeError(
+                f"not an IFU list: {text!r} (e.g. 1-24 or 1,7)") from None
     if not ifus or min(ifus) < 1 or max(ifus) > 24:
         raise argparse.ArgumentTypeError(f"IFUs must lie within 1..24: {text!r}")
     return sorted(ifus)

@@ -76,7 +76,8 @@ def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
     for e in entries:
         name = e.path.name
         if re.search(r"\s", name):
-            raise DataError(f"input file name contains white space, which a SOF cannot hold: {name!r}")
+            raise DataError(f"input file name contains white space, which a SOF cannot hold: "
+                            f"{name!r}")
         link = inputs / name
         if link.is_symlink() or link.exists():
             if link.resolve() != e.path.resolve():

@@ -10,7 +10,8 @@ from pathlib import Path
 from musedrp import esorex, runner
 from musedrp.messages import WorkOrder
 from musedrp.registry import Registry
-from musedrp.runner import JobResult
+from musedrp.runner import ComputeFn, JobResult
+from musedrp.stages import StageSpec
 from musedrp.topology import BY_NAME
 
 OK = ("succeeded", "cached")
@@ -39,18 +40,19 @@ class LocalExecutor:
 
     def __init__(self, out_root: Path, cpus: Sequence[int], memory_gb: float,
                  registry: Registry | None = None, scratch: Path | None = None,
-                 report: Callable[[str], None] = print, heartbeat_s: float = 30.0) -> None:
+                 report: Callable[[str], None] = print, heartbeat_s: float = 30.0,
+                 stage_for: Callable[[str], tuple[StageSpec, ComputeFn]] | None = None) -> None:
         if not cpus:
             raise ValueError("no CPUs to run on")
         self.out_root, self.cpus, self.memory_gb = out_root, list(cpus), memory_gb
         self.registry, self.scratch, self.report = registry, scratch, report
         self.heartbeat_s = heartbeat_s
+        self.stage_for = stage_for or (lambda name: (BY_NAME[name].spec, BY_NAME[name].compute()))
 
     def _execute(self, order: WorkOrder, cpu: int) -> JobResult:
-        stage = BY_NAME[order.stage]
         try:
-            return runner.execute(order, stage.spec, stage.compute(), self.out_root, [cpu],
-                                  self.scratch)
+            spec, compute = self.stage_for(order.stage)
+            return runner.execute(order, spec, compute, self.out_root, [cpu], self.scratch)
         except Exception as err:  # a bug: report it as this job's failure, keep the rest going
             return JobResult(order, "failed", self.out_root / order.product_dir,
                              reason=f"internal error: {err!r}\n{traceback.format_exc()}")
@@ -89,16 +91,18 @@ class LocalExecutor:
             try:
                 while pending or running:
                     for o in list(pending):
-                        failed = [n for n in o.needs if n in results and results[n].outcome not in OK]
+                        failed = [n for n in o.needs
+                                  if n in results and results[n].outcome not in OK]
                         if failed:
                             pending.remove(o)
                             settle(JobResult(o, "skipped", self.out_root / o.product_dir,
                                              reason=f"upstream job {failed[0]} did not succeed"))
                         elif o.memory_gb > self.memory_gb:
                             pending.remove(o)
-                            settle(JobResult(o, "failed", self.out_root / o.product_dir,
-                                             reason=f"needs {o.memory_gb:.1f} GB, more than the "
-                                             f"memory budget of {self.memory_gb:.1f} GB: not started"))
+                            settle(JobResult(
+                                o, "failed", self.out_root / o.product_dir,
+                                reason=f"needs {o.memory_gb:.1f} GB, more than the memory "
+                                f"budget of {self.memory_gb:.1f} GB: not started"))
                     for o in list(pending):
                         ready = all(results.get(n) and results[n].outcome in OK for n in o.needs)
                         if ready and free and mem_in_use + o.memory_gb <= self.memory_gb:

@@ -87,7 +87,7 @@ def _read_header(f: BinaryIO) -> fits.Header:
         block = f.read(BLOCK)
         if len(block) < BLOCK:
             raise FitsLayoutError(
-                "truncated header" if raw or block else "empty file or no header at this offset")
+                "truncated header" if raw or block else "no header where one should start")
         raw += block
         for i in range(0, BLOCK, 80):
             if block[i : i + 8] == b"END     ":
@@ -117,6 +117,8 @@ def scan_headers(path: Path) -> tuple[fits.Header, list[fits.Header]]:
         Not FITS, a truncated header, or a file shorter than its headers declare.
     """
     size = path.stat().st_size
+    if size == 0:
+        raise FitsLayoutError("empty file")
     with path.open("rb") as f:
         if f.read(9) != b"SIMPLE  =":
             raise FitsLayoutError("not a FITS file (no SIMPLE card at the start)")

@@ -39,6 +39,9 @@ class JobResult:
         return self.manifest.get("products", {})
 
 
+ComputeFn = Callable[[WorkOrder, Path, Sequence[int]], StageResult]
+
+
 def compute(spec: StageSpec, order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
     """The common body of every recipe stage: SOF from the order, esorex, checked products."""
     params = spec.params(**order.params)
@@ -63,7 +66,7 @@ def _run_record(run: esorex.RecipeRun) -> dict[str, Any]:
 def execute(
     order: WorkOrder,
     spec: StageSpec,
-    compute_fn: Callable[[WorkOrder, Path, Sequence[int]], StageResult],
+    compute_fn: ComputeFn,
     out_root: Path,
     cpus: Sequence[int],
     scratch_root: Path | None = None,
@@ -105,7 +108,8 @@ def execute(
             "products": {name: str(product_tag(Path(name))) for name in result.products},
             "qc": result.qc, "run": _run_record(result.run),
         })
-        return JobResult(order, "succeeded", final, manifest=provenance.read_manifest(manifest.parent))
+        return JobResult(order, "succeeded", final,
+                         manifest=provenance.read_manifest(manifest.parent) or {})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -31,9 +31,9 @@ class Port:
     ron: float
 
 
-def ports_for(ifu: int, rng_seed: int) -> tuple[Port, Port, Port, Port]:
+def ports_for(ifu: int, seed: int) -> tuple[Port, Port, Port, Port]:
     """Deterministic per-IFU port properties, close to the real detectors."""
-    rng = np.random.default_rng([rng_seed, ifu, 7])
+    rng = np.random.default_rng([seed, ifu, 7])
     return tuple(  # type: ignore[return-value]
         Port(
             bias=float(round(rng.uniform(960.0, 1060.0), 1)),
@@ -57,8 +57,10 @@ def slice_shift(ifu: int, y: np.ndarray) -> np.ndarray:
 
 
 def slice_centres(ifu: int, y: float) -> np.ndarray:
-    """Centre (trimmed x, 1-based as the pipeline counts) of each slice at row y (0-based)."""
-    return slice_left_edges() + SLICE_WIDTH / 2 + slice_shift(ifu, np.asarray(y)) + 0.5
+    """Centre (trimmed x, 1-based as the pipeline counts) of each slice at row y (0-based).
+
+    Pixel x (0-based) spans x-0.5..x+0.5, so a 0-based position p is p+1 in 1-based pixels."""
+    return slice_left_edges() + SLICE_WIDTH / 2 + slice_shift(ifu, np.asarray(y)) + 1.0
 
 
 def slice_mask(ifu: int, biny: int = 1) -> np.ndarray:

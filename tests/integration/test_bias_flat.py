@@ -1,0 +1,164 @@
+"""The real muse_bias and muse_flat on a simulated night, checked against the truth."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from musedrp import cli
+from musedrp.esorex import RECIPE_DIR
+from musedrp.registry import Registry
+from musedrp.topology import STAGES
+
+from .conftest import IFU
+
+MAN = Path(__file__).parent.parent / "data" / "man"
+
+
+@pytest.fixture(scope="session")
+def reduced(night, workspace):
+    """``musedrp reduce`` once for the session: (exit code, output directory, stdout)."""
+    raw, _ = night
+    out = workspace / "reduced"
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
+                           str(out), "--ifus", str(IFU)],
+                          capture_output=True, text=True, timeout=1800, check=False)
+    return proc.returncode, out, proc.stdout + proc.stderr
+
+
+def product(out: Path, stage: str, name: str) -> Path:
+    (path,) = out.glob(f"products/*/{stage}/*/*/{name}")
+    return path
+
+
+def manifest(out: Path, stage: str) -> dict:
+    (path,) = out.glob(f"products/*/{stage}/*/*/manifest.json")
+    return json.loads(path.read_text())
+
+
+def frames_of(truth, kind, readout, tpl_start=None):
+    return {f["file"] for f in truth.frames if f["kind"] == kind and f["readout"] == readout
+            and (tpl_start is None or f["tpl_start"] == tpl_start)}
+
+
+def test_reduce_succeeds(reduced):
+    code, out, log = reduced
+    assert code == 0, log
+    assert "2 succeeded" in log
+    assert "11 x BIAS: read-out mode FAST" in log
+    assert "muse_flat refuses mixed read-out modes" in log
+
+
+def test_bias_qc_reproduces_the_simulated_detector(reduced, night):
+    _, out, _ = reduced
+    ports = night[1].ports[IFU]
+    h = fits.getheader(product(out, "bias", f"MASTER_BIAS-{IFU:02d}.fits"))
+    for i, port in enumerate(ports, start=1):
+        assert h[f"ESO QC BIAS MASTER{i} RON"] == pytest.approx(port["ron"], abs=0.1)
+        assert h[f"ESO QC BIAS LEVEL{i} MEAN"] == pytest.approx(port["bias"], abs=1.0)
+    assert abs(fits.getdata(product(out, "bias", f"MASTER_BIAS-{IFU:02d}.fits"), "DATA")
+               .mean()) < 0.05  # overscan-corrected: no level left
+
+
+def test_trace_reproduces_the_simulated_slices(reduced, night):
+    _, out, _ = reduced
+    table = fits.getdata(product(out, "flat", f"TRACE_TABLE-{IFU:02d}.fits"), 1)
+    assert len(table) == 48
+    y = 2056.0
+    centres = np.array([sum(r[f"tc0_{k:02d}"] * y**k for k in range(6)) for r in table])
+    np.testing.assert_allclose(centres, night[1].slice_centres_mid[IFU], atol=0.25)
+    np.testing.assert_allclose(table["Width"], 75.0, atol=0.5)
+    flat = fits.getheader(product(out, "flat", f"MASTER_FLAT-{IFU:02d}.fits"))
+    assert flat["ESO QC FLAT MASTER NSATURATED"] == 0
+
+
+def test_closest_flats_and_science_mode_frames_were_used(reduced, night):
+    _, out, _ = reduced
+    truth = night[1]
+    bias, flat = manifest(out, "bias"), manifest(out, "flat")
+    assert {i["name"] for i in bias["inputs"]} == frames_of(truth, "bias", "SCI1.0")
+    morning = frames_of(truth, "flat", "SCI1.0", "2014-08-02T10:00:00")
+    assert len(morning) == 11
+    raw = {i["name"] for i in flat["inputs"] if i["tag"] == "FLAT"}
+    assert raw == morning
+    (mb,) = [i for i in flat["inputs"] if i["tag"] == "MASTER_BIAS"]
+    assert mb["job_key"] == bias["job_key"]
+    assert any("closest to the science" in r for r in flat["reasons"])
+    # esorex's own provenance names the original frames
+    h = fits.getheader(product(out, "flat", f"MASTER_FLAT-{IFU:02d}.fits"))
+    named = {v for k, v in h.items() if re.fullmatch(r"ESO PRO REC1 RAW\d+ NAME", k)}
+    assert named == morning
+    assert h["ESO PRO REC1 CAL1 NAME"] == f"MASTER_BIAS-{IFU:02d}.fits"
+    assert h["MUSEDRP JOB KEY"] == flat["job_key"]
+
+
+def test_manifest_records_inputs_versions_and_cost(reduced):
+    _, out, _ = reduced
+    m = manifest(out, "bias")
+    assert len(m["inputs"]) == 11
+    assert all(i["checksum"].startswith("datasum:CHAN01:") for i in m["inputs"])
+    run = m["run"]
+    assert run["versions"]["muse"] == "2.8.7"
+    assert run["versions"]["esorex"] and run["versions"]["cpl"]
+    assert len(run["cpus"]) == 1 and run["omp_num_threads"] == 1
+    assert run["command"][:3] == ["taskset", "--cpu-list", str(run["cpus"][0])]
+    assert f"--nifu={IFU}" in run["command"]
+    assert run["returncode"] == 0 and run["wall_s"] > 1 and run["cpu_user_s"] > 1
+    assert 1.0e9 < run["peak_rss_bytes"] < 4.0e9  # 11 full-size frames of one IFU
+    assert m["parameters"]["combine"] == "sigclip"
+    assert m["qc"][f"MASTER_BIAS-{IFU:02d}.fits"]["QC BIAS MASTER1 RON"] > 0
+    directory = product(out, "bias", "manifest.json").parent
+    assert (directory / "esorex.log").exists() and (directory / "input.sof").exists()
+
+
+def test_registry_knows_frames_jobs_and_products(reduced):
+    _, out, _ = reduced
+    reg = Registry.for_output(out)
+    assert {j.state for j in reg.jobs()} == {"succeeded"}
+    assert {p.tag for p in reg.products()} == {"MASTER_BIAS", "MASTER_FLAT", "TRACE_TABLE"}
+    status = [f.status for f in reg.frames()]
+    assert status.count("used") == 22 and status.count("rejected") == 33
+    reg.close()
+
+
+def test_rerun_recomputes_nothing(reduced, night):
+    _, out, _ = reduced
+    before = {p: p.stat().st_mtime_ns for p in out.glob("products/**/*") if p.is_file()}
+    code = cli.main(["reduce", str(night[0]), "-o", str(out), "--ifus", str(IFU)])
+    assert code == 0
+    after = {p: p.stat().st_mtime_ns for p in out.glob("products/**/*") if p.is_file()}
+    assert after == before
+
+
+def test_plan_explains_without_running(night, workspace, capsys):
+    raw, truth = night
+    # a copy of the night with a broken file beside it
+    mixed = workspace / "mixed"
+    mixed.mkdir()
+    for f in raw.glob("*.fits"):
+        (mixed / f.name).symlink_to(f)
+    first = sorted(raw.glob("*.fits"))[0]
+    (mixed / "MUSE.broken.fits").write_bytes(first.read_bytes()[:100_000])
+    out = workspace / "planned"
+    assert cli.main(["plan", str(mixed), "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "FLAT template 2014-08-02T10:00:00 (11/11 frames, WFM-NOAO-N_SCI1.0) chosen" in text
+    assert text.count("read-out mode FAST (CURID=2, 1x4 binning) differs") == 22
+    assert re.search(r"MUSE.broken.fits\s+\?\s+unclassified\s+truncated", text)
+    assert "astrometric fields are not reduced" in text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_committed_man_pages_match_the_installed_pipeline(stage):
+    """A pipeline upgrade that changes a recipe's contract fails here, not in a night."""
+    recipe = stage.spec.recipe
+    text = subprocess.run(["esorex", f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe],
+                          capture_output=True, text=True, check=True).stdout
+    body = lambda t: t[t.index("NAME"):]  # noqa: E731 - drop the banner and warnings
+    assert body(text) == body((MAN / f"{recipe}.txt").read_text())

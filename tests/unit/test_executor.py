@@ -1,0 +1,131 @@
+"""The local executor with a stand-in compute: budget, dependencies, failures, re-runs."""
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from astropy.io import fits
+
+from musedrp.errors import DataError
+from musedrp.esorex import RecipeRun
+from musedrp.executor import LocalExecutor
+from musedrp.messages import InputFile, WorkOrder
+from musedrp.runner import StageResult
+from musedrp.services.bias.spec import SPEC as BIAS
+from musedrp.services.flat.spec import SPEC as FLAT
+from musedrp.tags import Tag
+
+
+class FakeCompute:
+    """Records concurrency; sleeps ``durations[job_key]``; fails the keys in ``fail``."""
+
+    def __init__(self, durations=None, fail=()):
+        self.durations, self.fail = durations or {}, set(fail)
+        self.lock = threading.Lock()
+        self.active = self.max_active = self.max_memory = 0
+        self.memory = 0.0
+        self.calls: list[str] = []
+        self.started: dict[str, float] = {}
+        self.ended: dict[str, float] = {}
+
+    def __call__(self, order: WorkOrder, workdir: Path, cpus) -> StageResult:
+        with self.lock:
+            self.calls.append(order.job_key)
+            self.started[order.job_key] = time.monotonic()
+            self.active += 1
+            self.memory += order.memory_gb
+            self.max_active = max(self.max_active, self.active)
+            self.max_memory = max(self.max_memory, self.memory)
+        time.sleep(self.durations.get(order.job_key, 0.2))
+        with self.lock:
+            self.active -= 1
+            self.memory -= order.memory_gb
+            self.ended[order.job_key] = time.monotonic()
+        if order.job_key in self.fail:
+            raise DataError("recipe crashed")
+        name = f"{'MASTER_BIAS' if order.stage == 'bias' else 'MASTER_FLAT'}-{order.ifu:02d}.fits"
+        h = fits.Header()
+        h["HIERARCH ESO QC X"] = 1.0
+        fits.PrimaryHDU(header=h).writeto(workdir / name)
+        run = RecipeRun(recipe=order.recipe, command=[], returncode=0, wall_s=0.2, cpu_user_s=0,
+                        cpu_sys_s=0, peak_rss_bytes=1, cpus=list(cpus), omp_num_threads=1,
+                        timed_out=False)
+        return StageResult(products={name: workdir / name}, qc={name: {"QC X": 1.0}}, run=run)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    path = tmp_path / "raw.fits"
+    path.write_bytes(b"raw")
+    return path
+
+
+def make_order(key, stage, ifu, raw, memory=2.5, needs=()):
+    return WorkOrder(stage=stage, recipe=f"muse_{stage}", job_key=key, night="2014-08-01",
+                     setup="S", ifu=ifu, inputs=(InputFile(tag=Tag.BIAS, path=str(raw)),),
+                     params={}, memory_gb=memory, timeout_s=60, needs=tuple(needs))
+
+
+def executor(tmp_path, compute, cpus=4, memory=10.0):
+    specs = {"bias": BIAS, "flat": FLAT}
+    return LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
+                         scratch=tmp_path, stage_for=lambda name: (specs[name], compute))
+
+
+@pytest.mark.parametrize(("budget", "expected"), [(5.0, 2), (7.5, 3), (20.0, 4)])
+def test_memory_budget_limits_concurrency(tmp_path, raw, budget, expected):
+    compute = FakeCompute()
+    orders = [make_order(f"b{i}", "bias", i, raw) for i in range(1, 7)]
+    results = executor(tmp_path, compute, cpus=4, memory=budget).run(orders)
+    assert all(r.outcome == "succeeded" for r in results.values())
+    assert compute.max_memory <= budget
+    assert compute.max_active == expected
+
+
+def test_flat_starts_when_its_own_bias_is_done(tmp_path, raw):
+    compute = FakeCompute(durations={"b1": 0.1, "b2": 1.0, "f1": 0.1, "f2": 0.1})
+    orders = [make_order("b1", "bias", 1, raw), make_order("b2", "bias", 2, raw),
+              make_order("f1", "flat", 1, raw, needs=["b1"]),
+              make_order("f2", "flat", 2, raw, needs=["b2"])]
+    executor(tmp_path, compute, cpus=2).run(orders)
+    assert compute.started["f1"] >= compute.ended["b1"]
+    assert compute.started["f1"] < compute.ended["b2"]
+    assert compute.started["f2"] >= compute.ended["b2"]
+
+
+def test_failure_skips_downstream_and_the_rest_goes_on(tmp_path, raw):
+    compute = FakeCompute(fail={"b1"})
+    orders = [make_order("b1", "bias", 1, raw), make_order("b2", "bias", 2, raw),
+              make_order("f1", "flat", 1, raw, needs=["b1"]),
+              make_order("f2", "flat", 2, raw, needs=["b2"])]
+    results = executor(tmp_path, compute).run(orders)
+    outcome = {k: r.outcome for k, r in results.items()}
+    assert outcome == {"b1": "failed", "b2": "succeeded", "f1": "skipped", "f2": "succeeded"}
+    assert "recipe crashed" in results["b1"].reason
+    assert "upstream job b1" in results["f1"].reason
+    assert (results["b1"].directory / "error.txt").read_text() == "recipe crashed\n"
+    assert not (results["b1"].directory / "manifest.json").exists()
+    assert "f1" not in compute.calls
+
+
+def test_job_larger_than_the_budget_is_never_started(tmp_path, raw):
+    compute = FakeCompute()
+    results = executor(tmp_path, compute, memory=2.0).run([make_order("b1", "bias", 1, raw)])
+    assert results["b1"].outcome == "failed"
+    assert "needs 2.5 GB, more than the memory budget of 2.0 GB" in results["b1"].reason
+    assert compute.calls == []
+
+
+def test_rerun_recomputes_nothing(tmp_path, raw):
+    orders = [make_order("b1", "bias", 1, raw), make_order("f1", "flat", 1, raw, needs=["b1"])]
+    first = FakeCompute()
+    results = executor(tmp_path, first).run(orders)
+    manifest = results["f1"].directory / "manifest.json"
+    stamp = manifest.stat().st_mtime_ns
+    stamped = fits.getheader(results["b1"].directory / "MASTER_BIAS-01.fits")
+    assert stamped["MUSEDRP JOB KEY"] == "b1"
+    second = FakeCompute()
+    again = executor(tmp_path, second).run(orders)
+    assert {r.outcome for r in again.values()} == {"cached"}
+    assert second.calls == [] and manifest.stat().st_mtime_ns == stamp

@@ -1,0 +1,62 @@
+"""The simulator: detector layout esorex accepts, the night's content, determinism."""
+
+from datetime import date
+
+import numpy as np
+from astropy.io import fits
+
+from musedrp.simulate import detector, night
+
+
+def test_raw_layout_levels_and_signal():
+    ports = detector.ports_for(1, seed=3)
+    signal = np.zeros(detector.TRIMMED, np.float32)
+    signal[0, 0] = signal[-1, -1] = 50000.0  # first and last trimmed pixel
+    img = detector.raw_extension(1, ports, np.random.default_rng(0), signal)
+    assert img.shape == (4240, 4224) and img.dtype == np.uint16
+    # quadrant levels: port 1 bottom-left, 2 bottom-right, 3 top-right, 4 top-left
+    for (rows, cols), port in zip([(slice(40, 2000), slice(40, 2000)),
+                                   (slice(40, 2000), slice(2200, 4100)),
+                                   (slice(2200, 4200), slice(2200, 4100)),
+                                   (slice(2200, 4200), slice(40, 2000))], ports, strict=True):
+        q = img[rows, cols].astype(float)
+        assert abs(q.mean() - port.bias) < 0.1
+        assert abs(q.std() * port.gain - port.ron) < 0.05
+    # the data section starts after the 32-pixel prescan, in both axes
+    assert img[32, 32] > ports[0].bias + 40000 / ports[0].gain
+    assert img[4240 - 33, 4224 - 33] > ports[2].bias + 40000 / ports[2].gain
+    assert img[31, 31] < ports[0].bias + 100
+
+
+def test_slices_on_the_ccd():
+    mask = detector.slice_mask(1)
+    row = mask[2056]
+    edges = np.flatnonzero(np.diff((row > 0.5).astype(int)))
+    assert len(edges) == 2 * detector.N_SLICES  # 48 slices, each with two edges
+    widths = edges[1::2] - edges[0::2]
+    assert np.all(np.abs(widths - 75) <= 1)
+    centres = (edges[0::2] + edges[1::2]) / 2 + 1  # 1-based
+    np.testing.assert_allclose(centres, detector.slice_centres(1, 2056), atol=1.0)
+
+
+def test_night_content():
+    frames = night.schedule(date(2014, 8, 1))
+    count = lambda kind, readout="SCI1.0": sum(  # noqa: E731
+        1 for e in frames if e.kind == kind and e.readout[0] == readout)
+    assert (count("bias"), count("bias", "FAST")) == (11, 11)
+    assert (count("flat"), count("flat", "FAST")) == (22, 11)
+    assert count("arc") == 15 and count("skyflat") == 7 and count("illum") == 1
+    assert count("std") == 2 and count("astrometry") == 1 and count("object") >= 1
+    arcs = [e.lamps for e in frames if e.kind == "arc"]
+    assert sorted(set(arcs)) == [(3,), (4,), (5,)] and all(arcs.count(a) == 5 for a in set(arcs))
+    assert len({e.arcfile for e in frames}) == len(frames)
+
+
+def test_deterministic_for_a_seed(tmp_path):
+    e = next(e for e in night.schedule(date(2014, 8, 1)) if e.kind == "flat")
+    data = {}
+    for run, seed in (("a", 5), ("b", 5), ("c", 6)):
+        (tmp_path / run).mkdir()
+        data[run] = fits.getdata(night.write_exposure(e, [2], seed, tmp_path / run), "CHAN02")
+    assert np.array_equal(data["a"], data["b"])
+    assert not np.array_equal(data["a"], data["c"])

@@ -1,0 +1,77 @@
+"""Stage specs against the recipes' man pages (committed under tests/data/man/)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from musedrp.topology import STAGES
+
+MAN = Path(__file__).parent.parent / "data" / "man"
+
+
+def man_options(text: str) -> dict[str, str]:
+    """Option name -> default, from the OPTIONS section of ``esorex --man-page``."""
+    section = text.split("\nOPTIONS", 1)[1].split("\n  Note that", 1)[0]
+    options = {}
+    for block in re.split(r"\n  (?=--)", section):
+        m = re.match(r"--(\w+)\s*:(.*)", block, re.S)
+        if m:
+            options[m[1]] = re.findall(r"\[([^\]]*)\]", m[2])[-1]
+    return options
+
+
+def man_inputs(text: str) -> dict[str, tuple[bool, bool, str]]:
+    """Input tag -> (raw, required, min count) from the input frame table."""
+    table = text.split("Input frames for raw frame tag", 1)[1].split("Product frames", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        m = re.match(r"\s+([A-Z_]+)\s+(raw|calib)\s+(Y|\.)\s*(\S*)", line)
+        if m:
+            rows[m[1]] = (m[2] == "raw", m[3] == "Y", m[4])
+    return rows
+
+
+def man_products(text: str) -> list[str]:
+    table = text.split("Product frames for raw frame tag", 1)[1].split("OPTIONS", 1)[0]
+    return re.findall(r"^\s+([A-Z_]+)\s+(?:final|intermed)", table, re.M)
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_params_match_man_page(stage):
+    spec = stage.spec
+    options = man_options((MAN / f"{spec.recipe}.txt").read_text())
+    options.pop("nifu")  # scheduling, not a parameter: it comes with the work order
+    fields = spec.params.model_fields
+    assert set(options) == set(fields)
+    for name, default in options.items():
+        ours = fields[name].default
+        if isinstance(ours, bool):
+            assert default == ("TRUE" if ours else "FALSE"), name
+        elif isinstance(ours, float):
+            assert float(default) == ours, name
+        else:
+            assert default == str(ours), name
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+def test_inputs_and_products_match_man_page(stage):
+    spec = stage.spec
+    text = (MAN / f"{spec.recipe}.txt").read_text()
+    rows = man_inputs(text)
+    assert set(rows) == {str(i.tag) for i in spec.inputs}
+    for i in spec.inputs:
+        raw, required, count = rows[i.tag]
+        assert (i.raw, i.required) == (raw, required), i.tag
+        if count.startswith(">="):
+            assert i.min_count == int(count[2:]), i.tag
+    assert man_products(text) == [str(p.tag) for p in spec.products]
+
+
+def test_esorex_args():
+    from musedrp.services.flat.spec import FlatParams
+    args = FlatParams(samples=True, nsum=16).to_esorex_args()
+    assert "--samples=TRUE" in args and "--nsum=16" in args and "--merge=FALSE" in args
+    assert all(a.startswith("--") and "=" in a for a in args)
+    with pytest.raises(ValueError):
+        FlatParams(combine="mean")
