@@ -70,6 +70,7 @@ class Frame(BaseModel):
     lamps: tuple[str, ...] = ()
     target: str = ""
     ifus: tuple[int, ...] = ()
+    datasums: dict[int, str] = {}  # DATASUM of each IFU extension: content identity, header-only
 
     @property
     def template(self) -> tuple[str, str, str]:
@@ -232,8 +233,8 @@ def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> d
     if "MJD-OBS" not in h:
         raise ValueError("no MJD-OBS: cannot place the frame in time")
     mjd = float(h["MJD-OBS"])
-    ifus = sorted(int(m.group(1)) for e in extensions
-                  if (m := re.fullmatch(r"CHAN(\d\d)", str(e.get("EXTNAME", "")))))
+    chans = {int(m.group(1)): str(e.get("DATASUM", "")) for e in extensions
+             if (m := re.fullmatch(r"CHAN(\d\d)", str(e.get("EXTNAME", ""))))}
     opti1 = str(h.get(eso + "INS OPTI1 NAME", ""))
     setup = Setup(
         ins_mode=str(h.get(eso + "INS MODE", "")),
@@ -249,7 +250,8 @@ def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> d
         tpl_start=str(h.get(eso + "TPL START", "")), tpl_nexp=int(h.get(eso + "TPL NEXP", 0)),
         tpl_expno=int(h.get(eso + "TPL EXPNO", 0)), mjd=mjd,
         night=night_of(mjd_to_datetime(mjd)).isoformat(), exptime=float(h.get("EXPTIME", 0.0)),
-        lamps=decode_lamps(h), target=str(h.get(eso + "OBS TARG NAME", "")), ifus=tuple(ifus),
+        lamps=decode_lamps(h), target=str(h.get(eso + "OBS TARG NAME", "")),
+        ifus=tuple(sorted(chans)), datasums=chans,
     )
 
 

@@ -14,6 +14,7 @@ class InputFile(BaseModel):
     path: str  # a local path in embedded mode
     ifu: int | None = None  # the IFU extension the job reads, for its checksum
     job_key: str = ""  # the job that made it, for products of upstream stages
+    datasum: str = ""  # DATASUM of the IFU extension read, for raw frames that carry one
 
 
 class WorkOrder(BaseModel):

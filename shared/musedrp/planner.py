@@ -161,11 +161,11 @@ def job_key(recipe: str, version: str, ifu: int | None, params: dict,
             inputs: Sequence[InputFile]) -> str:
     """Content-derived identity of a job.
 
-    Raw inputs are identified by their archive name (``ARCFILE`` is unique at ESO),
-    products by the key of the job that made them: product bytes carry creation dates and
-    checksums, so hashing them would make every re-run look new.
+    Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
+    from headers, so planning never reads pixels), products by the key of the job that made
+    them: product bytes carry creation dates, so hashing them would make every re-run look new.
     """
-    ident = sorted((str(f.tag), f.job_key or "", Path(f.path).name) for f in inputs)
+    ident = sorted((str(f.tag), f.job_key, Path(f.path).name, f.datasum) for f in inputs)
     blob = json.dumps([recipe, version, ifu, params, ident], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -175,7 +175,8 @@ def make_order(stage: str, night: str, setup: str, ifu: int, raw: Sequence[Frame
                overrides: dict[str, dict], reasons: Sequence[str]) -> WorkOrder:
     spec = BY_NAME[stage].spec
     params = spec.params(**overrides.get(stage, {})).model_dump()
-    inputs = [InputFile(tag=f.tag, path=f.path, ifu=ifu) for f in raw]
+    inputs = [InputFile(tag=f.tag, path=f.path, ifu=ifu, datasum=f.datasums.get(ifu, ""))
+              for f in raw]
     for upstream, name in calibs:
         tag = Tag(name.rsplit("-", 1)[0])
         inputs.append(InputFile(tag=tag, path=str(out_root / upstream.product_dir / name),

@@ -44,18 +44,13 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
 def checksum(f: InputFile) -> str:
     """A content checksum of what the job reads.
 
-    For a raw frame the ``DATASUM`` of its IFU extension (written by ESO and the simulator)
-    identifies exactly the data used, read from the header alone; otherwise the file's
-    SHA-256, computed once per file and process.
+    For a raw frame the ``DATASUM`` of its IFU extension (written by ESO and the simulator,
+    read from the header at classification) identifies exactly the data used; otherwise the
+    file's SHA-256, computed once per file and process.
     """
+    if f.datasum:
+        return f"datasum:CHAN{f.ifu:02d}:{f.datasum}"
     path = Path(f.path)
-    if f.ifu is not None:
-        try:
-            datasum = fits.getheader(path, f"CHAN{f.ifu:02d}").get("DATASUM")
-        except (KeyError, OSError):
-            datasum = None
-        if datasum:
-            return f"datasum:CHAN{f.ifu:02d}:{datasum}"
     st = path.stat()
     return _sha256(str(path), st.st_size, st.st_mtime_ns)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from musedrp import esorex, provenance
+from musedrp import esorex, provenance, qcplot
 from musedrp.errors import DataError, MusedrpError
 from musedrp.messages import WorkOrder
 from musedrp.stages import StageSpec, product_tag
@@ -100,13 +100,14 @@ def execute(
             if (workdir / extra).exists():
                 shutil.copy(workdir / extra, final / extra)
         (final / "error.txt").unlink(missing_ok=True)
+        plots = qcplot.plot_products({n: final / n for n in result.products}, final)
         manifest = provenance.write_manifest(final, {
             "job_key": order.job_key, "stage": order.stage, "night": order.night,
             "setup": order.setup, "ifu": order.ifu, "inputs": inputs,
             "parameters": spec.params(**order.params).model_dump(),
             "reasons": list(order.reasons),
             "products": {name: str(product_tag(Path(name))) for name in result.products},
-            "qc": result.qc, "run": _run_record(result.run),
+            "qc": result.qc, "qc_plots": [p.name for p in plots], "run": _run_record(result.run),
         })
         return JobResult(order, "succeeded", final,
                          manifest=provenance.read_manifest(manifest.parent) or {})

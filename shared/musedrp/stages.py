@@ -4,6 +4,7 @@ know (per-IFU or fan-in, memory model, timeout, headline QC keys)."""
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +21,21 @@ class RecipeParams(BaseModel):
         def fmt(v: object) -> str:
             return ("TRUE" if v else "FALSE") if isinstance(v, bool) else str(v)
         return [f"--{k}={fmt(v)}" for k, v in self.model_dump().items()]
+
+
+class CcdParams(RecipeParams):
+    """Overscan handling and image combination, shared by the CCD-level recipes."""
+
+    overscan: Literal["none", "offset", "vpoly"] = "vpoly"
+    ovscreject: Literal["none", "dcr", "fit"] = "dcr"
+    ovscsigma: float = 30.0
+    ovscignore: int = 3
+    combine: Literal["average", "median", "minmax", "sigclip"] = "sigclip"
+    nlow: int = 1
+    nhigh: int = 1
+    nkeep: int = 1
+    lsigma: float = 3.0
+    hsigma: float = 3.0
 
 
 @dataclass(frozen=True)

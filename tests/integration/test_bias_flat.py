@@ -114,6 +114,8 @@ def test_manifest_records_inputs_versions_and_cost(reduced):
     assert m["qc"][f"MASTER_BIAS-{IFU:02d}.fits"]["QC BIAS MASTER1 RON"] > 0
     directory = product(out, "bias", "manifest.json").parent
     assert (directory / "esorex.log").exists() and (directory / "input.sof").exists()
+    assert m["qc_plots"] == [f"qc-MASTER_BIAS-{IFU:02d}.png"]
+    assert (directory / m["qc_plots"][0]).stat().st_size > 10_000
 
 
 def test_registry_knows_frames_jobs_and_products(reduced):

@@ -129,3 +129,14 @@ def test_rerun_recomputes_nothing(tmp_path, raw):
     again = executor(tmp_path, second).run(orders)
     assert {r.outcome for r in again.values()} == {"cached"}
     assert second.calls == [] and manifest.stat().st_mtime_ns == stamp
+
+
+def test_jobs_with_waiting_downstream_work_start_first(tmp_path, raw):
+    """With two cores, the third bias must not wait behind two flats."""
+    compute = FakeCompute()
+    orders = []
+    for i in (1, 2, 3):
+        orders += [make_order(f"b{i}", "bias", i, raw),
+                   make_order(f"f{i}", "flat", i, raw, needs=[f"b{i}"])]
+    executor(tmp_path, compute, cpus=2).run(orders)
+    assert compute.calls[:3] == ["b1", "b2", "b3"]

@@ -156,3 +156,13 @@ def test_unknown_parameter_is_an_error(template, science):
     frames = template(56870.75) + template(56870.8, keys=FLAT) + science()
     with pytest.raises(ValueError, match="nosuchoption"):
         plan(frames, overrides={"bias": {"nosuchoption": 1}})
+
+
+def test_job_key_follows_content_of_same_named_frames(template, science):
+    """Two simulations with different seeds share file names but not DATASUMs."""
+    frames = template(56870.75) + template(56870.8, keys=FLAT) + science()
+    other = [f.model_copy(update={"datasums": {1: "12345"}}) if f.tag == Tag.BIAS else f
+             for f in frames]
+    a, b = plan(frames), plan(other)
+    assert a.orders[0].job_key != b.orders[0].job_key
+    assert {f.datasum for f in b.orders[0].inputs} == {"12345"}
