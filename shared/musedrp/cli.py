@@ -46,15 +46,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def memory_budget(args: argparse.Namespace) -> float:
+    return args.memory or round(0.85 * available_memory_gb(), 1)
+
+
 def _plan(args: argparse.Namespace, out: Path):
-    if not args.raw_dir.is_dir():
-        raise ConfigError(f"no such directory: {args.raw_dir}")
-    frames, ignored = classify_dir(args.raw_dir)
-    for path, why in ignored:
-        print(f"ignored {path}: {why}")
+    frames = []
+    for directory in (args.raw_dir, *([args.static_dir] if args.static_dir else [])):
+        if not directory.is_dir():
+            raise ConfigError(f"no such directory: {directory}")
+        found, ignored = classify_dir(directory)
+        frames += found
+        for path, why in ignored:
+            print(f"ignored {path}: {why}")
     if not frames:
         raise NoWork(f"no FITS files in {args.raw_dir}")
-    return plan_night(frames, out.resolve(), esorex.pipeline_version(), args.ifus)
+    return plan_night(frames, out.resolve(), esorex.pipeline_version(), args.ifus,
+                      memory_gb=memory_budget(args), reduce_sky=args.sky)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -71,7 +79,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     (out / "plan.txt").write_text(report.plan_text(plan, args.raw_dir))
     cpus = sorted(os.sched_getaffinity(0))[: args.cpus] if args.cpus else sorted(
         os.sched_getaffinity(0))
-    memory = args.memory or round(0.85 * available_memory_gb(), 1)
+    memory = memory_budget(args)
     registry = Registry.for_output(out, args.db)
     statuses = {f.path: (s, "; ".join(w)) for f in plan.frames for s, w in [plan.status(f)]}
     registry.record_frames(plan.frames, statuses)
@@ -110,11 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output directory (default ./reduced)")
         c.add_argument("--ifus", type=parse_ifus, default=None,
                        help="reduce only these IFUs (default: every IFU in the data)")
+        c.add_argument("--static-dir", type=Path, default=None,
+                       help="ESO's static calibrations (GEOMETRY_TABLE, LINE_CATALOG, ...), "
+                            "if they are not below RAW_DIR")
+        c.add_argument("--memory", type=float, default=None,
+                       help="memory budget in GB (default: 85%% of what is available)")
+        c.add_argument("--sky", action="store_true",
+                       help="also reduce SKY exposures (when the object fills the field)")
         if name == "reduce":
             c.add_argument("--cpus", type=int, default=None,
                            help="number of CPUs to use (default: all this process may use)")
-            c.add_argument("--memory", type=float, default=None,
-                           help="memory budget in GB (default: 85%% of what is available)")
             c.add_argument("--db", default=None,
                            help="registry URL, e.g. postgresql+psycopg://user@host/db "
                                 "(default: OUT/registry.sqlite)")

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from astropy.io import fits
 from pydantic import BaseModel, ConfigDict
 
-from musedrp.tags import Tag
+from musedrp.tags import STATIC_TAGS, Tag
 
 BLOCK = 2880
 MJD_EPOCH = datetime(1858, 11, 17)
@@ -214,9 +214,11 @@ def mjd_to_datetime(mjd: float) -> datetime:
 
 def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> dict:
     """Frame fields from a primary header; raises ``ValueError`` with the reason if unusable."""
+    eso = "HIERARCH ESO "
+    if (pro_catg := h.get(eso + "PRO CATG")) is not None:
+        return _static(str(pro_catg), h, list(extensions))
     if h.get("INSTRUME") != "MUSE":
         raise ValueError(f"not a MUSE frame (INSTRUME={h.get('INSTRUME')!r})")
-    eso = "HIERARCH ESO "
     catg = str(h.get(eso + "DPR CATG", ""))
     dpr_type = str(h.get(eso + "DPR TYPE", ""))
     tech = str(h.get(eso + "DPR TECH", ""))
@@ -255,6 +257,20 @@ def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> d
     )
 
 
+def _static(catg: str, h: fits.Header, extensions: list[fits.Header]) -> dict:
+    """A static calibration of ESO's kit (or a stand-in), recognised by PRO.CATG as the
+    rule file does; other pipeline products are not inputs."""
+    if catg not in {str(t) for t in STATIC_TAGS}:
+        raise ValueError(f"a pipeline product (PRO.CATG={catg}), not a raw frame or a "
+                         "static calibration")
+    datasum = next((str(e["DATASUM"]) for e in [h, *extensions]
+                    if str(e.get("DATASUM", "0")) != "0"), "")
+    mjd = float(h.get("MJD-OBS", 0.0))
+    return dict(tag=Tag(catg), arcfile=str(h.get("ARCFILE", "")), mjd=mjd,
+                night=night_of(mjd_to_datetime(mjd)).isoformat() if mjd else "",
+                datasums={0: datasum} if datasum else {})
+
+
 def classify_file(path: Path) -> Frame:
     """Classify one file; never raises for bad data, the reason goes into the Frame."""
     base = dict(path=str(path), name=path.name, size=path.stat().st_size)
@@ -263,7 +279,7 @@ def classify_file(path: Path) -> Frame:
         fields = classify_header(primary, extensions)
     except (FitsLayoutError, ValueError, KeyError, OSError) as err:
         return Frame(**base, reason=str(err))
-    if not fields["ifus"]:
+    if not fields.get("ifus") and fields["tag"] not in STATIC_TAGS:
         return Frame(**base, reason="no CHANnn image extension: no IFU data in the file")
     return Frame(**base, **fields)
 

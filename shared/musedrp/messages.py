@@ -34,6 +34,7 @@ class WorkOrder(BaseModel):
     timeout_s: float
     needs: tuple[str, ...] = ()  # job keys whose products are among the inputs
     reasons: tuple[str, ...] = ()  # association decisions, for provenance
+    products: tuple[str, ...] = ()  # file names the job must produce
 
     def __str__(self) -> str:
         ifu = f" IFU {self.ifu:02d}" if self.ifu else ""

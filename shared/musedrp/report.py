@@ -7,6 +7,7 @@ from pathlib import Path
 from musedrp.executor import describe
 from musedrp.planner import Plan
 from musedrp.runner import JobResult, headline_qc
+from musedrp.tags import STATIC_TAGS
 from musedrp.topology import BY_NAME
 
 
@@ -22,11 +23,15 @@ def plan_text(plan: Plan, raw_dir: Path) -> str:
     for o in plan.orders:
         lines.append(f"  {describe(o)}  {o.recipe}  job {o.job_key}  "
                      f"~{o.memory_gb:.1f} GB  {o.setup}  night {o.night}")
-        counts = Counter(str(f.tag) for f in o.inputs if not f.job_key)
-        lines.append("      raw: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+        counts = Counter(str(f.tag) for f in o.inputs
+                         if not f.job_key and f.tag not in STATIC_TAGS)
+        if counts:
+            lines.append("      raw: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
         for f in o.inputs:
             if f.job_key:
                 lines.append(f"      {f.tag}: {Path(f.path).name} from job {f.job_key}")
+            elif f.tag in STATIC_TAGS:
+                lines.append(f"      {f.tag}: {Path(f.path).name} (static)")
     lines += ["", "Frames:"]
     for f in sorted(plan.frames, key=lambda f: (f.mjd, f.name)):
         status, why = plan.status(f)

@@ -48,7 +48,7 @@ def compute(spec: StageSpec, order: WorkOrder, workdir: Path, cpus: Sequence[int
     args = ([f"--nifu={order.ifu}"] if spec.per_ifu and order.ifu else []) + params.to_esorex_args()
     sof = [esorex.SofEntry(Path(f.path), f.tag) for f in order.inputs]
     run = esorex.run_recipe(spec.recipe, sof, args, workdir, cpus, order.timeout_s)
-    products = esorex.check(run, spec.product_names(order.ifu, params))
+    products = esorex.check(run, list(order.products) or spec.product_names(order.ifu, params))
     qc = {name: esorex.qc_keywords(p) for name, p in products.items()}
     return StageResult(products=products, qc=qc, run=run)
 

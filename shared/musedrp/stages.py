@@ -23,13 +23,18 @@ class RecipeParams(BaseModel):
         return [f"--{k}={fmt(v)}" for k, v in self.model_dump().items()]
 
 
-class CcdParams(RecipeParams):
-    """Overscan handling and image combination, shared by the CCD-level recipes."""
+class OverscanParams(RecipeParams):
+    """Overscan handling, shared by every recipe that reads raw CCD frames."""
 
     overscan: Literal["none", "offset", "vpoly"] = "vpoly"
     ovscreject: Literal["none", "dcr", "fit"] = "dcr"
     ovscsigma: float = 30.0
     ovscignore: int = 3
+
+
+class CcdParams(OverscanParams):
+    """Overscan handling and image combination, shared by the CCD-level recipes."""
+
     combine: Literal["average", "median", "minmax", "sigclip"] = "sigclip"
     nlow: int = 1
     nhigh: int = 1
@@ -52,17 +57,26 @@ class Input:
 class Product:
     tag: Tag
     when: str = ""  # the option that enables an optional product
+    numbered: bool = False  # esorex numbers it per input frame: <tag>_0001[-<ifu>].fits
 
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Peak RSS of one job in GB: ``base + per_frame * raw frames`` (per IFU in flight)."""
+    """Peak RSS of one job in GB: ``base + n_ifus * (per_ifu + per_frame * raw frames)``.
+
+    Per-IFU jobs have ``n_ifus = 1``; the fan-in recipes hold every IFU at once."""
 
     base_gb: float
     per_frame_gb: float
+    per_ifu_gb: float = 0.0
 
-    def estimate_gb(self, n_frames: int) -> float:
-        return round(self.base_gb + self.per_frame_gb * n_frames, 2)
+    def estimate_gb(self, n_frames: int, n_ifus: int = 1) -> float:
+        return round(self.base_gb + n_ifus * (self.per_ifu_gb + self.per_frame_gb * n_frames), 2)
+
+    def max_frames(self, budget_gb: float, n_ifus: int = 1) -> int:
+        """The most raw frames that fit into ``budget_gb``."""
+        room = budget_gb - self.base_gb - n_ifus * self.per_ifu_gb
+        return max(0, int(room / (n_ifus * self.per_frame_gb))) if self.per_frame_gb else 10**6
 
 
 @dataclass(frozen=True)
@@ -76,15 +90,21 @@ class StageSpec:
     memory: MemoryModel
     timeout_s: float
     qc: dict[Tag, tuple[str, ...]]  # headline QC keys (regular expressions) per product
+    deviations: tuple[str, ...] = ()  # parameters whose default differs from the man page
+
+    def raw_min(self) -> int:
+        return max((i.min_count for i in self.inputs if i.raw), default=1)
 
     @property
     def raw_tags(self) -> tuple[Tag, ...]:
         return tuple(i.tag for i in self.inputs if i.raw)
 
     def product_names(self, ifu: int | None, params: RecipeParams) -> list[str]:
-        """File names esorex writes with ``--merge=FALSE``: ``<PRO.CATG>-<ifu>.fits``."""
+        """File names esorex writes with ``--merge=FALSE``: ``<PRO.CATG>[_0001][-<ifu>].fits``.
+
+        Our jobs give numbered products exactly one input exposure, hence ``_0001``."""
         suffix = f"-{ifu:02d}" if self.per_ifu and ifu else ""
-        return [f"{p.tag}{suffix}.fits" for p in self.products
+        return [f"{p.tag}{'_0001' if p.numbered else ''}{suffix}.fits" for p in self.products
                 if not p.when or getattr(params, p.when)]
 
     def headline_qc(self, tag: Tag, qc: dict[str, object]) -> dict[str, object]:
@@ -93,5 +113,5 @@ class StageSpec:
 
 
 def product_tag(path: Path) -> Tag:
-    """``MASTER_BIAS-01.fits`` -> ``Tag.MASTER_BIAS``."""
-    return Tag(re.sub(r"(-\d\d)?\.fits$", "", path.name))
+    """``MASTER_BIAS-01.fits`` -> ``Tag.MASTER_BIAS``; ``PIXTABLE_STD_0001-02.fits`` too."""
+    return Tag(re.sub(r"(_\d{4})?(-\d\d)?\.fits$", "", path.name))

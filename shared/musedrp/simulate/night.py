@@ -13,14 +13,16 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
 
-from musedrp.simulate import detector
+from musedrp.simulate import detector, field, lines
+from musedrp.simulate.static import STANDARD_STARS, write_static
 
 MJD_EPOCH = datetime(1858, 11, 17)
 SCIENCE = ("SCI1.0", 1, 1)  # CURNAME, CURID, BINY
@@ -28,7 +30,6 @@ FAST = ("FAST", 2, 4)  # engineering read-out, 1x4 binned (exact ESO string unve
 ARC_LAMPS = {"Ne": 3, "Xe": 4, "HgCd": 5}  # lamp/shutter number per arc lamp
 SHUTTER_NAMES = ("ContB", "ContR", "Ne", "Xe", "HgCd", "Ne")
 NGC6397 = (265.1754, -53.6743)
-STANDARDS = {"SIMSTD1": (0.0, -30.0), "SIMSTD2": (30.0, -20.0)}
 
 
 @dataclass(frozen=True)
@@ -96,13 +97,13 @@ def schedule(night: date) -> list[Exposure]:
                    d + timedelta(hours=27, minutes=5), 3, 700, 600.0, target="NGC6397"),
         *_template("std", ("CALIB", "STD"), "MUSE_wfm_cal_specphot",
                    d + timedelta(hours=30, minutes=30), 1, 0, 60.0, target="SIMSTD1",
-                   radec=STANDARDS["SIMSTD1"]),
+                   radec=STANDARD_STARS["SIMSTD1"]),
         *_template("flat", flat, "MUSE_wfm_cal_specflat", d + timedelta(hours=34), 11, 90, 10.0,
                    lamps=(1, 2)),
         # the standard a calibration package would bring: two nights earlier
         *_template("std", ("CALIB", "STD"), "MUSE_wfm_cal_specphot",
                    d - timedelta(hours=24) - timedelta(minutes=10), 1, 0, 60.0, target="SIMSTD2",
-                   radec=STANDARDS["SIMSTD2"]),
+                   radec=STANDARD_STARS["SIMSTD2"]),
     ]
     return sorted(frames, key=lambda e: e.start)
 
@@ -171,7 +172,7 @@ def primary_header(e: Exposure) -> fits.Header:
     return h
 
 
-# Spectral shapes in electrons per pixel; the flat lamp peaks mid-band.
+# Spectral shapes in electrons per pixel row of a slice.
 def _lamp(lam: np.ndarray) -> np.ndarray:
     return 22000.0 * (0.4 + 0.6 * np.exp(-0.5 * ((lam - 7000.0) / 1600.0) ** 2))
 
@@ -180,12 +181,23 @@ def _twilight(lam: np.ndarray) -> np.ndarray:
     return 12000.0 * np.exp(-0.5 * ((lam - 5500.0) / 2500.0) ** 2)
 
 
-def _night_sky(lam: np.ndarray) -> np.ndarray:
-    return 150.0 + 0.0 * lam
+LAMP_NAMES = {n: name for name, n in ARC_LAMPS.items()}
 
 
-SPECTRA = {"flat": _lamp, "illum": lambda lam: 0.3 * _lamp(lam), "skyflat": _twilight,
-           "object": _night_sky, "std": _night_sky, "astrometry": _night_sky}
+def spectrum(e: Exposure, lam: np.ndarray) -> np.ndarray | None:
+    """What one slice sees, per trimmed row, or None for frames without light."""
+    match e.kind:
+        case "flat":
+            return _lamp(lam)
+        case "illum":
+            return 0.3 * _lamp(lam)
+        case "skyflat":
+            return _twilight(lam)
+        case "arc":
+            return lines.arc_spectrum(LAMP_NAMES[e.lamps[0]], lam, detector.DISPERSION)
+        case "object" | "std" | "astrometry":
+            return field.night_sky(lam, e.exptime)
+    return None
 
 
 def slice_throughput(ifu: int, seed: int) -> np.ndarray:
@@ -193,21 +205,22 @@ def slice_throughput(ifu: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, ifu, 11]).uniform(0.9, 1.1, detector.N_SLICES)
 
 
-def electrons(kind: str, ifu: int, seed: int, biny: int) -> np.ndarray | None:
+def electrons(e: Exposure, ifu: int, seed: int, biny: int) -> np.ndarray | None:
     """Illumination of the trimmed CCD in electrons, or None for frames without light.
 
-    Arcs carry no lines yet (they come with the wavelength-calibration stage)."""
-    spectrum = SPECTRA.get(kind)
-    if spectrum is None:
+    Every kind goes through the same slices, throughputs and dispersion; a standard-star
+    exposure adds the star through the sky geometry of the GEOMETRY_TABLE stand-in."""
+    lam = detector.wavelength_rows(biny)
+    rows = spectrum(e, lam)
+    if rows is None:
         return None
-    mask = detector.slice_mask(ifu, biny)
-    left = detector.slice_left_edges()
-    u = np.arange(mask.shape[1])[None, :] - detector.slice_shift(
-        ifu, (np.arange(mask.shape[0]) + 0.5) * biny - 0.5)[:, None]
-    index = np.clip(np.searchsorted(left, u, side="right") - 1, 0, detector.N_SLICES - 1)
-    per_slice = slice_throughput(ifu, seed)[index].astype(np.float32)
-    rows = spectrum(detector.wavelength_rows(biny)).astype(np.float32)[:, None]
-    return mask * per_slice * rows * biny
+    index = field.slice_index(ifu, biny)
+    light = np.broadcast_to(rows.astype(np.float32)[:, None], index.shape)
+    if e.kind == "std" and (star := field.star_image(ifu, index, biny)) is not None:
+        shape = (field.STAR_PEAK * e.exptime / 60.0 * field.star_shape(lam)).astype(np.float32)
+        light = light + shape[:, None] * star
+    per_slice = slice_throughput(ifu, seed).astype(np.float32)[index]
+    return detector.slice_mask(ifu, biny) * per_slice * light * biny
 
 
 def write_exposure(e: Exposure, ifus: Sequence[int], seed: int, out: Path) -> Path:
@@ -217,7 +230,7 @@ def write_exposure(e: Exposure, ifus: Sequence[int], seed: int, out: Path) -> Pa
     for ifu in ifus:
         rng = np.random.default_rng([seed, ifu, int(mjd(e.start) * 86400)])
         ports = detector.ports_for(ifu, seed)
-        data = detector.raw_extension(ifu, ports, rng, electrons(e.kind, ifu, seed, biny), biny)
+        data = detector.raw_extension(ifu, ports, rng, electrons(e, ifu, seed, biny), biny)
         hdus.append(fits.ImageHDU(data=data, header=detector.extension_header(ifu, ports, biny)))
     path = out / e.arcfile
     fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)
@@ -231,10 +244,10 @@ class Truth:
     night: str
     seed: int
     ifus: list[int]
-    ports: dict[int, list[dict]] = field(default_factory=dict)
-    slice_centres_mid: dict[int, list[float]] = field(default_factory=dict)
-    slice_throughput: dict[int, list[float]] = field(default_factory=dict)
-    frames: list[dict] = field(default_factory=list)
+    ports: dict[int, list[dict]] = dataclass_field(default_factory=dict)
+    slice_centres_mid: dict[int, list[float]] = dataclass_field(default_factory=dict)
+    slice_throughput: dict[int, list[float]] = dataclass_field(default_factory=dict)
+    frames: list[dict] = dataclass_field(default_factory=list)
 
 
 def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = date(2014, 8, 1),
@@ -257,5 +270,6 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
             path = f.result()
             if progress:
                 progress(i, len(futures), path.name)
+    write_static(out / "static")
     (out / "truth.json").write_text(json.dumps(asdict(truth), indent=1))
     return truth

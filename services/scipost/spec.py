@@ -1,0 +1,60 @@
+"""muse_scipost: PIXTABLE_OBJECT of every IFU + STD_RESPONSE and friends -> DATACUBE_FINAL
+(contract from `esorex --man-page muse_scipost`).  Merges all IFUs: one job per exposure."""
+
+from typing import Literal
+
+from musedrp.stages import Input, MemoryModel, Product, RecipeParams, StageSpec
+from musedrp.tags import Tag
+
+
+class ScipostParams(RecipeParams):
+    """muse_scipost options; defaults from the man page, except ``skymethod=simple`` (the
+    model method needs a SKY_LINES list, which ESO's kit has and the simulated night does not;
+    ``simple`` takes the sky from the darkest part of the object field) and ``save=cube``."""
+
+    save: str = "cube"
+    resample: Literal["nearest", "linear", "quadratic", "renka", "drizzle", "lanczos"] = "drizzle"
+    dx: float = 0.0
+    dy: float = 0.0
+    dlambda: float = 0.0
+    crtype: Literal["iraf", "mean", "median"] = "median"
+    crsigma: float = 15.0
+    rc: float = 1.25
+    pixfrac: str = "0.8,0.8"
+    ld: int = 1
+    format: Literal["Cube", "Euro3D", "xCube", "xEuro3D", "sdpCube"] = "Cube"
+    weight: Literal["exptime", "fwhm", "none"] = "exptime"
+    filter: str = "white"
+    autocalib: Literal["none", "deepfield", "user"] = "none"
+    skymethod: Literal["none", "subtract-model", "model", "simple"] = "simple"
+    lambdamin: float = 4000.0
+    lambdamax: float = 10000.0
+    lambdaref: float = 7000.0
+    darcheck: Literal["none", "check", "correct"] = "none"
+    skymodel_fraction: float = 0.1
+    skymodel_ignore: float = 0.05
+    rvcorr: Literal["bary", "helio", "geo", "none"] = "bary"
+    astrometry: bool = True
+
+
+SPEC = StageSpec(
+    name="scipost",
+    recipe="muse_scipost",
+    inputs=(
+        Input(Tag.PIXTABLE_OBJECT, raw=True),
+        Input(Tag.EXTINCT_TABLE),
+        Input(Tag.STD_RESPONSE),
+        *(Input(t, required=False) for t in (
+            Tag.STD_TELLURIC, Tag.ASTROMETRY_WCS, Tag.OFFSET_LIST, Tag.FILTER_LIST,
+            Tag.OUTPUT_WCS, Tag.AUTOCAL_FACTORS, Tag.RAMAN_LINES, Tag.SKY_LINES,
+            Tag.SKY_CONTINUUM, Tag.LSF_PROFILE, Tag.SKY_MASK)),
+    ),
+    products=(Product(Tag.DATACUBE_FINAL), Product(Tag.IMAGE_FOV, numbered=True)),
+    params=ScipostParams,
+    per_ifu=False,
+    # measured: 0.66 GB for 1 IFU, 1.88 GB for 3 (MUSE.md §7.4)
+    memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=0.62),
+    timeout_s=3600.0,
+    qc={Tag.DATACUBE_FINAL: (r"QC SCIPOST \w+",)},
+    deviations=("save", "skymethod"),
+)

@@ -1,0 +1,72 @@
+"""The sky side of the simulated instrument: slice geometry, night sky, standard star.
+
+The geometry is the one written into the GEOMETRY_TABLE stand-in (MUSE.md §7.4), so every
+frame kind and the static calibrations agree: CCD slice k of an IFU sees sky row
+``y = 12 (IFU - 1) + row - 143.5`` and, along the slice, ``x = x_stack + (centre - i)``.
+"""
+
+import math
+
+import numpy as np
+
+from musedrp.simulate import detector
+
+# CCD slices 1..12 of a stack see sky slices 9, 8, 1, 10, 7, 2, 11, 6, 3, 12, 5, 4
+SKY_ORDER = (9, 8, 1, 10, 7, 2, 11, 6, 3, 12, 5, 4)
+SKY_LINES = ((5577.339, 5000.0), (6300.304, 1500.0), (6363.776, 500.0), (8344.602, 800.0),
+             (8827.096, 1000.0))  # wavelength [A], peak electrons in a 600 s exposure
+STAR_XY = (-37.5, -126.0)  # standard star position in spaxels: centre of IFU 2, stack 2
+STAR_SIGMA = 1.5  # spaxels
+STAR_PEAK = 20000.0  # electrons per pixel at the peak of the spectrum, 60 s exposure
+STAR_FLUX = 1e-13  # erg/s/cm^2/A at the peak of the spectral shape
+
+
+def star_shape(lam: np.ndarray) -> np.ndarray:
+    """Spectral shape shared by the simulated star and its STD_FLUX_TABLE entry."""
+    return np.exp(-0.5 * ((lam - 6000.0) / 3000.0) ** 2)
+
+
+def slice_sky(ifu: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SliceSky number, sky x and sky y (spaxels) of each CCD slice 1..48."""
+    k = np.arange(detector.N_SLICES)
+    sky = 12 * (k // 12) + np.array(SKY_ORDER)[k % 12]
+    x = ((sky - 1) // 12 - 1.5) * detector.SLICE_WIDTH
+    y = 12 * (ifu - 1) + (sky - 1) % 12 - 143.5
+    return sky, x, y
+
+
+def slice_index(ifu: int, biny: int = 1) -> np.ndarray:
+    """CCD slice (0-based) that each trimmed pixel belongs to (nearest at the gaps)."""
+    rows, cols = detector.TRIMMED[0] // biny, detector.TRIMMED[1]
+    y = (np.arange(rows) + 0.5) * biny - 0.5
+    u = np.arange(cols)[None, :] - detector.slice_shift(ifu, y)[:, None]
+    left = detector.slice_left_edges()
+    return np.clip(np.searchsorted(left, u, side="right") - 1, 0, detector.N_SLICES - 1)
+
+
+def star_image(ifu: int, index: np.ndarray, biny: int = 1) -> np.ndarray | None:
+    """Relative brightness of the star on every trimmed pixel, or None if it is far away."""
+    _, sx, sy = slice_sky(ifu)
+    x0, y0 = STAR_XY
+    if np.min(np.abs(sy - y0)) > 8 * STAR_SIGMA:
+        return None
+    rows = index.shape[0]
+    y = (np.arange(rows) + 0.5) * biny - 0.5
+    centre = (detector.slice_left_edges() + detector.SLICE_WIDTH / 2)[index] + \
+        detector.slice_shift(ifu, y)[:, None]
+    sky_x = sx[index] + (centre - np.arange(index.shape[1])[None, :])
+    r2 = (sky_x - x0) ** 2 + (sy[index] - y0) ** 2
+    return np.exp(-r2 / (2 * STAR_SIGMA**2)).astype(np.float32)
+
+
+def gaussian_lines(lam: np.ndarray, lines, fwhm: float = 2.5) -> np.ndarray:
+    sigma = fwhm / (2 * math.sqrt(2 * math.log(2)))
+    out = np.zeros_like(lam)
+    for wavelength, peak in lines:
+        out += peak * np.exp(-0.5 * ((lam - wavelength) / sigma) ** 2)
+    return out
+
+
+def night_sky(lam: np.ndarray, exptime: float) -> np.ndarray:
+    """Sky continuum and emission lines, scaled to the exposure time."""
+    return (150.0 + gaussian_lines(lam, SKY_LINES)) * exptime / 600.0
