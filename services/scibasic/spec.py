@@ -52,7 +52,7 @@ SPEC = StageSpec(
         Product(Tag(f"PIXTABLE_{t}"), numbered=True))),
     params=ScibasicParams,
     per_ifu=True,
-    # measured: 1.38 GB for one exposure of one IFU (MUSE.md §7.4)
+    # measured: 1.40-1.45 GB, 12 s for one exposure of one IFU (with TWILIGHT_CUBE and ILLUM)
     memory=MemoryModel(base_gb=1.5, per_frame_gb=0.0),
     timeout_s=1200.0,
     qc={},

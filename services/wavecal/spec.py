@@ -40,8 +40,8 @@ SPEC = StageSpec(
               Product(Tag.ARC_RED_LAMP, when="saveimages")),
     params=WavecalParams,
     per_ifu=True,
-    # measured: 1.61 GB peak with 15 full-size arcs of one IFU, 50 s (benchmarks/)
-    memory=MemoryModel(base_gb=0.4, per_frame_gb=0.081),
+    # measured: 1.65 GB peak with 15 full-size arcs of one IFU, 52 s
+    memory=MemoryModel(base_gb=0.4, per_frame_gb=0.084),
     # a healthy run takes about a minute; a catalogue that does not match the arcs makes
     # the recipe loop forever (MUSE.md §7.3): the timeout turns that into a failure
     timeout_s=900.0,

@@ -67,8 +67,11 @@ class LocalExecutor:
             spec, compute = self.stage_for(order.stage)
             return runner.execute(order, spec, compute, self.out_root, [cpu], self.scratch)
         except Exception as err:  # a bug: report it as this job's failure, keep the rest going
-            return JobResult(order, "failed", self.out_root / order.product_dir,
-                             reason=f"internal error: {err!r}\n{traceback.format_exc()}")
+            directory = self.out_root / order.product_dir
+            reason = f"internal error: {err!r}\n{traceback.format_exc()}"
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / "error.txt").write_text(reason)
+            return JobResult(order, "failed", directory, reason=reason)
 
     def _finish(self, result: JobResult, done: int, total: int, t0: float) -> None:
         o, run = result.order, result.manifest.get("run", {})

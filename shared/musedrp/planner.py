@@ -1,10 +1,12 @@
 """Associate calibrations with the science and turn the choice into work orders.
 
-The rules are ESO's (MUSE.md §5): calibration sets are complete templates; they must match
-the science frames' read-out mode and binning (flats also the instrument mode); among
-matching templates the one closest in time to the science wins; ties are broken by
-(|dt|, MJD-OBS, ARCFILE) so that plans are reproducible.  Every frame ends with a note
-saying how it was used or why not.
+The rules are ESO's (MUSE.md §5) plus those an expert applies by hand (§5.4): calibration
+sets are complete templates; they must match the science frames' read-out mode and binning
+(flats also the instrument mode, arcs, skyflats and ILLUM the optics); among matching
+templates the one closest in time to the science wins; the standard star is the same
+night's; skyflats are capped by the memory budget; static calibrations are chosen by date;
+ties are broken by (|dt|, MJD-OBS, ARCFILE) so that plans are reproducible.  Every frame
+ends with a note saying how it was used or why not, every choice with a decision.
 """
 
 import hashlib
@@ -24,8 +26,8 @@ from musedrp.statics import choose_static
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
 
-# What happens to frames of kinds that no implemented stage consumes yet.
-NOT_YET = {
+# Frames of kinds no stage consumes, and why.
+UNUSED = {
     Tag.ARC_LSF: "long LSF arc sequences are not used: muse_lsf runs on the night's arcs",
     Tag.SKY: "sky frames are reduced only when the object fills the field (musedrp --sky)",
     Tag.ASTROMETRY: "astrometric fields are not reduced: muse_scipost uses the static "
@@ -107,7 +109,7 @@ class Plan:
             return "used", sorted(self.used[frame.path])
         if notes := self.notes.get(frame.path):
             return "rejected", notes
-        return "unused", [NOT_YET.get(frame.tag, "no stage uses this frame")]
+        return "unused", [UNUSED.get(frame.tag, "no stage uses this frame")]
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> None:
         if order.job_key not in {o.job_key for o in self.orders}:
@@ -210,7 +212,7 @@ class Night:
         for tag in statics:
             f, _ = self.statics[tag]
             inputs.append(InputFile(tag=tag, path=f.path, datasum=f.datasums.get(0, "")))
-        n_raw = sum(1 for f in raw if f.tag not in (Tag.ILLUM,))
+        n_raw = len(raw)
         order = WorkOrder(
             stage=stage, recipe=spec.recipe,
             job_key=job_key(spec.recipe, self.version, ifu, params, inputs),

@@ -49,7 +49,7 @@ def checksum(f: InputFile) -> str:
     file's SHA-256, computed once per file and process.
     """
     if f.datasum:
-        return f"datasum:CHAN{f.ifu:02d}:{f.datasum}"
+        return f"datasum:CHAN{f.ifu:02d}:{f.datasum}" if f.ifu else f"datasum:{f.datasum}"
     path = Path(f.path)
     st = path.stat()
     return _sha256(str(path), st.st_size, st.st_mtime_ns)

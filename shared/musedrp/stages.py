@@ -62,21 +62,23 @@ class Product:
 
 @dataclass(frozen=True)
 class MemoryModel:
-    """Peak RSS of one job in GB: ``base + n_ifus * (per_ifu + per_frame * raw frames)``.
+    """Peak RSS of one job in GB: ``base + per_ifu * IFUs + per_frame * raw frames``.
 
-    Per-IFU jobs have ``n_ifus = 1``; the fan-in recipes hold every IFU at once."""
+    Per-IFU jobs have one IFU.  The fan-in recipes keep a product per IFU in memory but
+    load the raw frames one IFU at a time (measured for muse_twilight: the cost of a skyflat
+    does not grow with the number of IFUs, benchmarks/results/twilight_memory.md)."""
 
     base_gb: float
     per_frame_gb: float
     per_ifu_gb: float = 0.0
 
     def estimate_gb(self, n_frames: int, n_ifus: int = 1) -> float:
-        return round(self.base_gb + n_ifus * (self.per_ifu_gb + self.per_frame_gb * n_frames), 2)
+        return round(self.base_gb + n_ifus * self.per_ifu_gb + self.per_frame_gb * n_frames, 2)
 
     def max_frames(self, budget_gb: float, n_ifus: int = 1) -> int:
         """The most raw frames that fit into ``budget_gb``."""
         room = budget_gb - self.base_gb - n_ifus * self.per_ifu_gb
-        return max(0, int(room / (n_ifus * self.per_frame_gb))) if self.per_frame_gb else 10**6
+        return max(0, int(room / self.per_frame_gb)) if self.per_frame_gb else 10**6
 
 
 @dataclass(frozen=True)

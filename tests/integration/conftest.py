@@ -1,6 +1,11 @@
-"""A simulated 1-IFU night, made once per test session and removed afterwards."""
+"""A simulated night of IFUs 1-3, simulated and reduced once per test session with the real
+pipeline, and removed afterwards.  Three IFUs are the least the cascade needs: twilight needs
+IFU 1, the standard needs the star in the middle one of three."""
 
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +14,8 @@ import pytest
 
 from musedrp.simulate.night import Truth, simulate_night
 
-IFU = 1
+IFU = 1  # the IFU the single-IFU checks look at
+IFUS = (1, 2, 3)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,4 +34,29 @@ def workspace() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def night(workspace: Path) -> tuple[Path, Truth]:
     raw = workspace / "raw"
-    return raw, simulate_night(raw, [IFU], seed=7)
+    return raw, simulate_night(raw, IFUS, seed=7)
+
+
+@pytest.fixture(scope="session")
+def reduced(night, workspace):
+    """``musedrp reduce`` once for the session: (exit code, output directory, output)."""
+    raw, _ = night
+    out = workspace / "reduced"
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
+                           str(out)], capture_output=True, text=True, timeout=3600, check=False)
+    return proc.returncode, out, proc.stdout + proc.stderr
+
+
+def products(out: Path, stage: str, name: str = "*.fits") -> list[Path]:
+    return sorted(out.glob(f"products/*/{stage}/*/*/{name}"))
+
+
+def product(out: Path, stage: str, name: str) -> Path:
+    (path,) = products(out, stage, name)
+    return path
+
+
+def manifest(out: Path, stage: str, ifu: int | None = IFU) -> dict:
+    found = [json.loads(p.read_text()) for p in products(out, stage, "manifest.json")]
+    (m,) = [m for m in found if m["ifu"] == ifu]
+    return m

@@ -139,4 +139,5 @@ def test_jobs_with_waiting_downstream_work_start_first(tmp_path, raw):
         orders += [make_order(f"b{i}", "bias", i, raw),
                    make_order(f"f{i}", "flat", i, raw, needs=[f"b{i}"])]
     executor(tmp_path, compute, cpus=2).run(orders)
-    assert compute.calls[:3] == ["b1", "b2", "b3"]
+    assert set(compute.calls[:2]) == {"b1", "b2"}  # started together, in either order
+    assert compute.calls[2] == "b3"  # before the flats that became ready at the same time

@@ -58,6 +58,12 @@ def mjd(t: datetime) -> float:
     return (t - MJD_EPOCH).total_seconds() / 86400.0
 
 
+def local_sidereal_seconds(mjd_utc: float, longitude_deg: float = -70.4045) -> float:
+    """Local sidereal time at Paranal in seconds (GMST to ~0.1 s; what the headers carry)."""
+    gmst_hours = 18.697374558 + 24.06570982441908 * (mjd_utc - 51544.5)
+    return ((gmst_hours + longitude_deg / 15.0) % 24.0) * 3600.0
+
+
 def _template(kind, dpr, tpl_id, start, n, step_s, exptime, **kw) -> list[Exposure]:
     return [
         Exposure(kind, dpr, tpl_id, start, n, i + 1, start + timedelta(seconds=i * step_s + 1.5),
@@ -119,6 +125,8 @@ def primary_header(e: Exposure) -> fits.Header:
     h["RA"], h["DEC"], h["EQUINOX"] = ra, dec, 2000.0
     h["EXPTIME"] = e.exptime
     h["MJD-OBS"] = round(mjd(e.start), 8)
+    h["UTC"] = (e.start - e.start.replace(hour=0, minute=0, second=0, microsecond=0)).seconds
+    h["LST"] = round(local_sidereal_seconds(mjd(e.start)), 3)
     h["DATE-OBS"] = e.start.isoformat(timespec="milliseconds")
     h["ARCFILE"] = e.arcfile
     h["ORIGFILE"] = f"MUSE_{e.kind.upper()}_{e.start:%Y%m%d_%H%M%S}.fits"

@@ -28,7 +28,10 @@ def _primary(tag: str) -> fits.PrimaryHDU:
 
 
 def _table(columns: list[fits.Column], name: str | None = None) -> fits.BinTableHDU:
-    return fits.BinTableHDU.from_columns(columns, name=name)
+    table = fits.BinTableHDU.from_columns(columns)
+    if name:  # set the card itself: astropy's ``name`` would upper-case it, and the
+        table.header["EXTNAME"] = name  # pipeline looks filters up by exact EXTNAME
+    return table
 
 
 def geometry_table() -> fits.HDUList:

@@ -1,0 +1,53 @@
+"""Time and peak memory of every stage of a finished reduction, from its manifests.
+
+    .venv/bin/python benchmarks/cascade_costs.py REDUCED_DIR [--name NAME]
+
+Writes ``benchmarks/results/<NAME>.md`` (default ``cascade_costs``): per stage the number of
+jobs, wall time (mean and max), CPU time and peak RSS, as measured by the runner.
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from datetime import date
+from pathlib import Path
+
+from musedrp.topology import STAGES
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("reduced", type=Path)
+    p.add_argument("--name", default="cascade_costs")
+    args = p.parse_args()
+    runs = defaultdict(list)
+    for path in args.reduced.glob("products/*/*/*/*/manifest.json"):
+        m = json.loads(path.read_text())
+        runs[m["stage"]].append(m["run"])
+    lines = [f"# Cost of each stage, from the manifests of `{args.reduced.name}`", "",
+             f"Command: `{' '.join(['python', *sys.argv])}`  ",
+             f"Date: {date.today()}; one pinned CPU per job, OMP_NUM_THREADS=1.", "",
+             "| stage | jobs | wall mean [s] | wall max [s] | CPU mean [s] | peak RSS max [GB] |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for stage in (s.name for s in STAGES):
+        rs = runs.get(stage)
+        if not rs:
+            continue
+        walls = [r["wall_s"] for r in rs]
+        cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in rs]
+        lines.append(f"| {stage} | {len(rs)} | {sum(walls) / len(rs):.1f} | {max(walls):.1f} | "
+                     f"{sum(cpu) / len(rs):.1f} | "
+                     f"{max(r['peak_rss_bytes'] for r in rs) / 1e9:.2f} |")
+    total = sum(r["cpu_user_s"] + r["cpu_sys_s"] for rs in runs.values() for r in rs)
+    lines += ["", f"Total CPU time of all jobs: {total / 60:.1f} min."]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
