@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -123,9 +124,10 @@ def esorex_path() -> str:
 @functools.cache
 def pipeline_version(recipe: str = "muse_bias") -> str:
     """The MUSE pipeline version as the installed recipe reports it."""
-    out = subprocess.run(  # noqa: S603 - fixed argument list, no shell
-        [esorex_path(), f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe],
-        capture_output=True, text=True, timeout=60, check=False).stdout
+    with tempfile.TemporaryDirectory(prefix="musedrp-esorex-") as tmp:  # esorex.log lands here
+        out = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+            [esorex_path(), f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe], cwd=tmp,
+            capture_output=True, text=True, timeout=60, check=False).stdout
     m = re.search(rf"{recipe} -- version (\S+)", out)
     if not m:
         raise ConfigError(f"esorex does not know the recipe {recipe}: "

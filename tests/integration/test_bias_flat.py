@@ -138,10 +138,10 @@ def test_plan_explains_without_running(night, workspace, capsys):
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
-def test_committed_man_pages_match_the_installed_pipeline(stage):
+def test_committed_man_pages_match_the_installed_pipeline(stage, tmp_path):
     """A pipeline upgrade that changes a recipe's contract fails here, not in a night."""
     recipe = stage.spec.recipe
     text = subprocess.run(["esorex", f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe],
-                          capture_output=True, text=True, check=True).stdout
+                          cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     body = lambda t: t[t.index("NAME"):]  # noqa: E731 - drop the banner and warnings
     assert body(text) == body((MAN / f"{recipe}.txt").read_text())
