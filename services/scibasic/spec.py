@@ -59,8 +59,3 @@ SPEC = StageSpec(
     deviations=("saveimage",),
 )
 
-
-def products_for(raw_tag: Tag) -> tuple:
-    """The products of a scibasic job on ``raw_tag`` frames."""
-    return tuple(p for p in SPEC.products if str(p.tag).startswith(f"{raw_tag}_")
-                 or p.tag == Tag(f"PIXTABLE_{raw_tag}"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from musedrp import esorex, provenance, qcplot
-from musedrp.errors import DataError, MusedrpError
+from musedrp.errors import MusedrpError
 from musedrp.messages import WorkOrder
 from musedrp.stages import StageSpec, product_tag
 from musedrp.tags import Tag
@@ -127,9 +127,3 @@ def headline_qc(spec: StageSpec, result: JobResult) -> dict[str, Any]:
     qc = result.manifest.get("qc", {})
     return {k: v for name, values in qc.items()
             for k, v in spec.headline_qc(Tag(product_tag(Path(name))), values).items()}
-
-
-def check_products_exist(result: JobResult) -> None:
-    missing = [n for n in result.products if not (result.directory / n).exists()]
-    if missing:
-        raise DataError(f"manifest of {result.order.job_key} lists missing products: {missing}")
