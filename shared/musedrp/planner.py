@@ -430,20 +430,21 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None, illum: Frame | None,
                      f"{hours(std.mjd - n.ref)} from the science")
     objects = [f for f in n.science if f.tag == Tag.OBJECT]
     skies = [f for f in good if f.tag == Tag.SKY and f.night == n.night] if reduce_sky else []
-    extra = [twilight and _product(twilight, Tag.TWILIGHT_CUBE)]
+    extra = [_product(twilight, Tag.TWILIGHT_CUBE)] if twilight else []
     if twilight is None:
         n.decide("no TWILIGHT_CUBE: scibasic runs without the twilight correction")
     pixtables: dict[str, dict[int, WorkOrder]] = defaultdict(dict)
     scibasic = BY_NAME["scibasic"].spec
+    params = scibasic.params(**n.overrides.get("scibasic", {}))
     for exposure in [*objects, *skies, *([std] if std else [])]:
-        products = [p for p in scibasic.products
-                    if p.tag == Tag(f"PIXTABLE_{exposure.tag}")]
+        mine = {Tag(f"PIXTABLE_{exposure.tag}"), Tag(f"{exposure.tag}_RED"),
+                Tag(f"{exposure.tag}_RESAMPLED")}  # what scibasic makes of this raw tag
         for ifu in n.ifus:
-            raw = [exposure] + ([illum] if illum else [])
-            calibs = per_ifu_calibs(cal, ifu) + [c for c in extra if c]
-            names = [f"{p.tag}_0001-{ifu:02d}.fits" for p in products]
+            names = [name for name in scibasic.product_names(ifu, params)
+                     if product_tag(Path(name)) in mine]
             pixtables[exposure.path][ifu] = n.order(
-                "scibasic", ifu, raw, calibs, [Tag.GEOMETRY_TABLE], products=names)
+                "scibasic", ifu, [exposure] + ([illum] if illum else []),
+                per_ifu_calibs(cal, ifu) + extra, [Tag.GEOMETRY_TABLE], products=names)
     response = None
     if std is None:
         n.decide("no standard star: neither response nor flux-calibrated cubes")
