@@ -132,12 +132,14 @@ def test_rerun_recomputes_nothing(tmp_path, raw):
 
 
 def test_jobs_with_waiting_downstream_work_start_first(tmp_path, raw):
-    """With two cores, the third bias must not wait behind two flats."""
-    compute = FakeCompute()
+    """With two cores, the third bias must not wait behind the first flat: when b1 ends
+    (b2 still runs), b3 and f1 are both ready for the one free core."""
+    compute = FakeCompute(durations={"b1": 0.1, "b2": 1.0})
     orders = []
     for i in (1, 2, 3):
         orders += [make_order(f"b{i}", "bias", i, raw),
                    make_order(f"f{i}", "flat", i, raw, needs=[f"b{i}"])]
     executor(tmp_path, compute, cpus=2).run(orders)
     assert set(compute.calls[:2]) == {"b1", "b2"}  # started together, in either order
-    assert compute.calls[2] == "b3"  # before the flats that became ready at the same time
+    assert compute.calls[2] == "b3"
+    assert compute.started["f1"] >= compute.ended["b3"]

@@ -125,7 +125,8 @@ def primary_header(e: Exposure) -> fits.Header:
     h["RA"], h["DEC"], h["EQUINOX"] = ra, dec, 2000.0
     h["EXPTIME"] = e.exptime
     h["MJD-OBS"] = round(mjd(e.start), 8)
-    h["UTC"] = (e.start - e.start.replace(hour=0, minute=0, second=0, microsecond=0)).seconds
+    h["UTC"] = float((e.start - e.start.replace(hour=0, minute=0, second=0,
+                                                microsecond=0)).seconds)  # the DFS wants a float
     h["LST"] = round(local_sidereal_seconds(mjd(e.start)), 3)
     h["DATE-OBS"] = e.start.isoformat(timespec="milliseconds")
     h["ARCFILE"] = e.arcfile
