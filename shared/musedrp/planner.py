@@ -22,7 +22,7 @@ from musedrp.errors import NoWork
 from musedrp.frames import Frame, Setup
 from musedrp.messages import InputFile, WorkOrder
 from musedrp.stages import StageSpec, product_tag
-from musedrp.statics import choose_static
+from musedrp.statics import VIGNETTING_UNTIL, choose_static
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
 
@@ -128,16 +128,22 @@ def _mismatch(setup: Setup, science: Setup, keys, recipe: str) -> str:
     return ""
 
 
+def _usable(plan: Plan, frames: Iterable[Frame], setup: Setup, keys, recipe: str) -> list[Frame]:
+    """The frames whose setup matches; a note on each of the others."""
+    out = []
+    for f in frames:
+        if why := _mismatch(f.setup, setup, keys, recipe):
+            plan.note(f, why)
+        else:
+            out.append(f)
+    return out
+
+
 def choose_template(plan: Plan, candidates: Sequence[Frame], spec: StageSpec, science: Setup,
                     ref_mjd: float, keys) -> Template | None:
     """The matching, complete template closest in time to ``ref_mjd``; notes on the others."""
     min_count = spec.raw_min()
-    matching = []
-    for f in candidates:
-        if why := _mismatch(f.setup, science, keys, spec.recipe):
-            plan.note(f, why)
-        else:
-            matching.append(f)
+    matching = _usable(plan, candidates, science, keys, spec.recipe)
     usable, degraded = [], []
     for t in templates(matching):
         if len(t.frames) < min_count:
@@ -265,16 +271,6 @@ def choose_closest(plan: Plan, candidates: Sequence[Frame], ref: float, what: st
     return best
 
 
-def _usable(plan: Plan, frames: Iterable[Frame], setup: Setup, keys, recipe: str) -> list[Frame]:
-    out = []
-    for f in frames:
-        if why := _mismatch(f.setup, setup, keys, recipe):
-            plan.note(f, why)
-        else:
-            out.append(f)
-    return out
-
-
 def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]] | None:
     """bias, flat, wavecal and lsf per IFU; None when a required calibration is missing."""
     plan, good = n.plan, [f for f in n.plan.frames if f.tag is not None]
@@ -371,8 +367,8 @@ def plan_twilight(n: Night, cal, illum: Frame | None) -> WorkOrder | None:
     statics = [Tag.GEOMETRY_TABLE]
     if n.static(Tag.VIGNETTING_MASK, required=False):
         statics.append(Tag.VIGNETTING_MASK)
-    elif date.fromisoformat(n.night) < date(2017, 3, 11):
-        n.decide("no VIGNETTING_MASK available (optional for data before 2017-03-11)")
+    elif date.fromisoformat(n.night) < VIGNETTING_UNTIL:
+        n.decide(f"no VIGNETTING_MASK available (optional for data before {VIGNETTING_UNTIL})")
     calibs = [c for ifu in n.ifus for c in per_ifu_calibs(cal, ifu)]
     return n.order("twilight", None, raw, calibs, statics, reasons, n_ifus=len(n.ifus))
 

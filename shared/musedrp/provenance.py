@@ -64,8 +64,8 @@ def stamp(product: Path, job_key: str) -> None:
         h["HIERARCH MUSEDRP JOB KEY"] = job_key
 
 
-def write_manifest(directory: Path, content: dict[str, Any]) -> Path:
-    """Write ``manifest.json`` atomically: it is the commit point of a job."""
+def write_manifest(directory: Path, content: dict[str, Any]) -> dict[str, Any]:
+    """Write ``manifest.json`` atomically (the commit point of a job); return what it holds."""
     content = {
         "musedrp": {"version": musedrp.__version__, "git_sha": git_sha()},
         "host": platform.node(),
@@ -73,9 +73,10 @@ def write_manifest(directory: Path, content: dict[str, Any]) -> Path:
         **content,
     }
     tmp = directory / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1, default=str) + "\n")
+    text = json.dumps(content, indent=1, default=str)
+    tmp.write_text(text + "\n")
     tmp.replace(directory / MANIFEST)
-    return directory / MANIFEST
+    return json.loads(text)
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:

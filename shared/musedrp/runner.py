@@ -89,16 +89,15 @@ def execute(
         try:
             result = compute_fn(order, workdir, cpus)
         except MusedrpError as err:
-            _keep_failure(workdir, final, str(err))
+            _keep_logs(workdir, final)
+            (final / "error.txt").write_text(f"{err}\n")
             run = err.metadata.get("run")
             record = {"run": _run_record(run)} if run else {}
             return JobResult(order, "failed", final, reason=str(err), manifest=record)
         for name, path in result.products.items():
             provenance.stamp(path, order.job_key)
             shutil.move(path, final / name)
-        for extra in (esorex.LOG_FILE, esorex.SOF_FILE, esorex.STDOUT_FILE):
-            if (workdir / extra).exists():
-                shutil.copy(workdir / extra, final / extra)
+        _keep_logs(workdir, final)
         (final / "error.txt").unlink(missing_ok=True)
         plots = qcplot.plot_products({n: final / n for n in result.products}, final)
         manifest = provenance.write_manifest(final, {
@@ -109,17 +108,16 @@ def execute(
             "products": {name: str(product_tag(Path(name))) for name in result.products},
             "qc": result.qc, "qc_plots": [p.name for p in plots], "run": _run_record(result.run),
         })
-        return JobResult(order, "succeeded", final,
-                         manifest=provenance.read_manifest(manifest.parent) or {})
+        return JobResult(order, "succeeded", final, manifest=manifest)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _keep_failure(workdir: Path, final: Path, reason: str) -> None:
+def _keep_logs(workdir: Path, final: Path) -> None:
+    """The esorex log, SOF and console output go beside the products, failed or not."""
     for extra in (esorex.LOG_FILE, esorex.SOF_FILE, esorex.STDOUT_FILE):
         if (workdir / extra).exists():
             shutil.copy(workdir / extra, final / extra)
-    (final / "error.txt").write_text(reason + "\n")
 
 
 def headline_qc(spec: StageSpec, result: JobResult) -> dict[str, Any]:

@@ -26,6 +26,8 @@ class Validity:
                 and (self.end is None or night < self.end))
 
 
+VIGNETTING_UNTIL = date(2017, 3, 11)  # the rule file: a mask only for MJD-OBS < 57823
+
 # Windows used by public MUSE reduction scripts (file names as in ESO's kit; unverified).
 VALIDITY = (
     Validity(Tag.GEOMETRY_TABLE, "geometry_table_wfm_comm2b*", None, date(2014, 12, 1)),
@@ -36,8 +38,7 @@ VALIDITY = (
     Validity(Tag.ASTROMETRY_WCS, "astrometry_wcs_wfm_comm2b*", None, date(2014, 12, 1)),
     Validity(Tag.BADPIX_TABLE, "badpix_table_2014-09-17*", date(2014, 9, 17), date(2015, 5, 11)),
     Validity(Tag.BADPIX_TABLE, "badpix_table_2015-05-11*", date(2015, 5, 11), None),
-    # the rule file: a vignetting mask only for data before MJD 57823 (2017-03-11)
-    Validity(Tag.VIGNETTING_MASK, "*", None, date(2017, 3, 11)),
+    Validity(Tag.VIGNETTING_MASK, "*", None, VIGNETTING_UNTIL),
 )
 
 
