@@ -12,21 +12,23 @@ DEMO_SEED ?= 1
 DEMO_DIR  ?= demo
 DEMO_RAW  := $(DEMO_DIR)/raw-ifus$(DEMO_IFUS)-seed$(DEMO_SEED)
 
-.PHONY: setup esorex run test lint bench clean
+.PHONY: setup system run test lint bench images clean
 
-setup: esorex $(STAMP)
+setup: system $(STAMP)
 
-# the real ESO pipeline, from Debian
-esorex:
-	@if ! command -v esorex >/dev/null || ! esorex --recipes 2>/dev/null | grep -q muse_bias; then \
-		echo "installing esorex and cpl-plugin-muse (Debian)"; \
-		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq esorex cpl-plugin-muse; \
+# the real ESO pipeline, and promtool (Debian's prometheus) for the alert rules' tests
+system:
+	@if ! command -v esorex >/dev/null || ! esorex --recipes 2>/dev/null | grep -q muse_bias \
+	    || ! command -v promtool >/dev/null; then \
+		echo "installing esorex, cpl-plugin-muse and prometheus (Debian)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq esorex cpl-plugin-muse \
+			prometheus; \
 	fi
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $@
 
 # simulate a night (once per IFU set and seed), then reduce it
@@ -44,6 +46,17 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bias_flat.py
+
+# container images, where an engine runs (none does on the build machines: CI lints them)
+VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+GIT_SHA  := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+SERVICES := ingest planner bias flat wavecal lsf twilight scibasic standard scipost
+images:
+	docker build -f docker/base.Dockerfile --build-arg VERSION=$(VERSION) \
+		--build-arg GIT_SHA=$(GIT_SHA) -t musedrp-base:$(VERSION) .
+	for s in $(SERVICES); do \
+		docker build -f docker/service.Dockerfile --build-arg BASE=musedrp-base:$(VERSION) \
+			--build-arg SERVICE=$$s -t musedrp-$$s:$(VERSION) . || exit 1; done
 
 clean:
 	rm -rf $(DEMO_DIR)

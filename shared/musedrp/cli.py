@@ -97,6 +97,72 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from musedrp.serve import SERVICES
+
+    args.name = args.name or os.environ.get("MUSEDRP_SERVICE", "")  # set in service images
+    if args.name not in SERVICES:
+        raise ConfigError(f"which service? one of {', '.join(SERVICES)} "
+                          "(argument or MUSEDRP_SERVICE)")
+    if args.name == "ingest":
+        from musedrp.services.ingest.service import main
+        return main()
+    if args.name == "planner":
+        from musedrp.services.planner.service import main
+        return main()
+    from musedrp.services.worker import main as worker_main
+    return worker_main(args.name)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """0 when this container's service answers on its metrics port (image HEALTHCHECK)."""
+    import urllib.request
+
+    from musedrp.settings import Settings
+
+    port = Settings.load().metrics_port
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+            return 0 if r.status == 200 else 1
+    except OSError as err:
+        print(f"musedrp: no answer on :{port}: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from musedrp.serve import serve
+
+    return serve(args.state_dir)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from musedrp.serve import settings_for, submit
+
+    print(f"Submitting {args.raw_dir} (upload, then frame.arrived per file)", flush=True)
+    n = submit(args.raw_dir, settings_for(args.state_dir),
+               report=lambda line: print(line, flush=True))
+    print(f"{n} files submitted; follow with `musedrp status --state-dir {args.state_dir}`")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from musedrp.serve import settings_for, status
+
+    print("\n".join(status(settings_for(args.state_dir))))
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from musedrp.broker import replay
+    from musedrp.serve import settings_for
+
+    reasons = replay(settings_for(args.state_dir), args.queue)
+    for reason in reasons:
+        print(f"replayed: {reason.splitlines()[0] if reason else '?'}")
+    print(f"{len(reasons)} dead letter(s) of {args.queue} sent back")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="musedrp", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--scratch", type=Path, default=None,
                            help="scratch directory for recipe runs (default: system temp)")
         c.set_defaults(func=cmd_plan if name == "plan" else cmd_reduce)
+
+    from musedrp.serve import SERVICES
+
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument("--state-dir", type=Path, default=Path("musedrp-services"),
+                       help="where `serve` keeps logs, S3 data and services.env "
+                            "(default ./musedrp-services)")
+    c = sub.add_parser("serve", parents=[state],
+                       help="run broker, S3 server and every service on this machine")
+    c.set_defaults(func=cmd_serve)
+    c = sub.add_parser("submit", parents=[state],
+                       help="upload raw files and announce each (as the observatory would)")
+    c.add_argument("raw_dir", type=Path)
+    c.set_defaults(func=cmd_submit)
+    c = sub.add_parser("status", parents=[state], help="queues, jobs and failures")
+    c.set_defaults(func=cmd_status)
+    c = sub.add_parser("replay", parents=[state],
+                       help="send a queue's dead letters back to it, once the cause is fixed")
+    c.add_argument("queue", help="e.g. work.bias or ingest")
+    c.set_defaults(func=cmd_replay)
+    c = sub.add_parser("service", help="run one service (settings from MUSEDRP_* variables)")
+    c.add_argument("name", nargs="?", help=f"one of {', '.join(SERVICES)} "
+                                           "(default: MUSEDRP_SERVICE)")
+    c.set_defaults(func=cmd_service)
+    c = sub.add_parser("health", help="exit 0 if this machine's service answers its metrics "
+                                      "port (MUSEDRP_METRICS_PORT)")
+    c.set_defaults(func=cmd_health)
     return p
 
 

@@ -7,6 +7,7 @@ timeout kills the whole process group.  Exit codes are not enough (MUSE.md §2.1
 is parsed and the products are checked.
 """
 
+import ctypes
 import functools
 import os
 import re
@@ -63,6 +64,24 @@ class RecipeRun:
 
 def format_cpus(cpus: Iterable[int]) -> str:
     return ",".join(str(c) for c in sorted(cpus))
+
+
+def parse_cpus(text: str) -> list[int]:
+    """``0-1,3`` -> [0, 1, 3], as ``taskset --cpu-list`` reads it.
+
+    Raises
+    ------
+    ConfigError
+        Not a CPU list.
+    """
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ConfigError(f"not a CPU list: {text!r} (e.g. 0-3 or 0,2)") from None
+    return sorted(cpus)
 
 
 def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
@@ -135,6 +154,15 @@ def pipeline_version(recipe: str = "muse_bias") -> str:
     return m[1]
 
 
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: a recipe never outlives its worker (SIGKILL, OOM kill)."""
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _child_env(workdir: Path, threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
     env["OMP_NUM_THREADS"] = str(threads)
@@ -198,7 +226,7 @@ def run_recipe(
         proc = subprocess.Popen(  # noqa: S603 - argument list built here, never a shell
             command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, env=_child_env(workdir, len(cpus)),
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent)
     with _active_lock:
         _active.add(proc.pid)
     timed_out = False

@@ -109,29 +109,28 @@ def _data_size(h: fits.Header) -> int:
     return -(-n // BLOCK) * BLOCK
 
 
-def scan_headers(path: Path) -> tuple[fits.Header, list[fits.Header]]:
-    """Primary and extension headers, reading header blocks only.
+def scan_headers(f: BinaryIO, size: int) -> tuple[fits.Header, list[fits.Header]]:
+    """Primary and extension headers of a seekable stream of ``size`` bytes, reading header
+    blocks only.
 
     Raises
     ------
     FitsLayoutError
         Not FITS, a truncated header, or a file shorter than its headers declare.
     """
-    size = path.stat().st_size
     if size == 0:
         raise FitsLayoutError("empty file")
-    with path.open("rb") as f:
-        if f.read(9) != b"SIMPLE  =":
-            raise FitsLayoutError("not a FITS file (no SIMPLE card at the start)")
-        f.seek(0)
-        primary = _read_header(f)
-        offset = f.tell() + _data_size(primary)
-        extensions = []
-        while offset < size:
-            f.seek(offset)
-            ext = _read_header(f)
-            extensions.append(ext)
-            offset = f.tell() + _data_size(ext)
+    if f.read(9) != b"SIMPLE  =":
+        raise FitsLayoutError("not a FITS file (no SIMPLE card at the start)")
+    f.seek(0)
+    primary = _read_header(f)
+    offset = f.tell() + _data_size(primary)
+    extensions = []
+    while offset < size:
+        f.seek(offset)
+        ext = _read_header(f)
+        extensions.append(ext)
+        offset = f.tell() + _data_size(ext)
     if offset > size:
         raise FitsLayoutError(f"truncated: headers declare {offset} bytes, the file has {size}")
     return primary, extensions
@@ -271,17 +270,26 @@ def _static(catg: str, h: fits.Header, extensions: list[fits.Header]) -> dict:
                 datasums={0: datasum} if datasum else {})
 
 
-def classify_file(path: Path) -> Frame:
-    """Classify one file; never raises for bad data, the reason goes into the Frame."""
-    base = dict(path=str(path), name=path.name, size=path.stat().st_size)
+def classify(f: BinaryIO, size: int, path: str, name: str) -> Frame:
+    """Classify one frame from a seekable stream; never raises for bad data, the reason goes
+    into the Frame."""
+    base = dict(path=path, name=name, size=size)
     try:
-        primary, extensions = scan_headers(path)
+        primary, extensions = scan_headers(f, size)
         fields = classify_header(primary, extensions)
     except (FitsLayoutError, ValueError, KeyError, OSError) as err:
         return Frame(**base, reason=str(err))
     if not fields.get("ifus") and fields["tag"] not in STATIC_TAGS:
         return Frame(**base, reason="no CHANnn image extension: no IFU data in the file")
     return Frame(**base, **fields)
+
+
+def classify_file(path: Path) -> Frame:
+    try:
+        with path.open("rb") as f:
+            return classify(f, path.stat().st_size, str(path), path.name)
+    except OSError as err:
+        return Frame(path=str(path), name=path.name, size=0, reason=str(err))
 
 
 def classify_dir(raw_dir: Path) -> tuple[list[Frame], list[tuple[str, str]]]:

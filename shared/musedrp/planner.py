@@ -271,8 +271,9 @@ def choose_closest(plan: Plan, candidates: Sequence[Frame], ref: float, what: st
     return best
 
 
-def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]] | None:
-    """bias, flat, wavecal and lsf per IFU; None when a required calibration is missing."""
+def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]]:
+    """bias, flat, wavecal and lsf per IFU, as far as the frames go: a stage whose frames are
+    missing is left out with a decision, and so is everything after it."""
     plan, good = n.plan, [f for f in n.plan.frames if f.tag is not None]
     bias = choose_template(plan, [f for f in good if f.tag == Tag.BIAS], BY_NAME["bias"].spec,
                            n.setup, n.ref, READOUT)
@@ -285,35 +286,44 @@ def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]] | None:
                          "muse_wavecal needs exactly one lamp per arc exposure")
     arc = choose_template(plan, [f for f in arcs if len(f.lamps) == 1],
                           BY_NAME["wavecal"].spec, n.setup, n.ref, READOUT_AND_OPTICS)
-    missing = [t for t, c in (("BIAS", bias), ("FLAT", flat), ("ARC", arc)) if c is None]
-    if missing:
-        n.decide(f"no usable {' and '.join(missing)} template; nothing planned")
-        return None
-    available = bias.ifus & flat.ifus & arc.ifus & set.intersection(
-        *(set(f.ifus) for f in n.science))
+    chain = [("bias", bias), ("flat", flat), ("arc", arc)]
+    if None in (c for _, c in chain):
+        first = next(i for i, (_, c) in enumerate(chain) if c is None)
+        later = [t for t, _ in chain[first + 1:]]
+        n.decide(f"no usable {chain[first][0].upper()} template: "
+                 + ("nothing planned" if first == 0 else
+                    f"only {', '.join(t for t, _ in chain[:first])} planned")
+                 + (f" ({', '.join(later)} frames would need it)" if later else ""))
+        chain = chain[:first]
+    if not chain:
+        return {}
+    available = set.intersection(*(c.ifus for _, c in chain),
+                                 *(set(f.ifus) for f in n.science))
     if set(n.ifus) - available:
         n.decide(f"IFU(s) {sorted(set(n.ifus) - available)} requested but not present in "
                  "every chosen frame")
     n.ifus = sorted(set(n.ifus) & available)
     why = {t: f"{c} chosen: closest to the science ({hours(c.mjd - n.ref)} away)"
-           for t, c in (("bias", bias), ("flat", flat), ("arc", arc))}
-    lamps = sorted({f.lamps[0] for f in arc.frames})
-    why["arc"] += f"; lamps {', '.join(lamps)}"
+           for t, c in chain}
+    if arc is not None and "arc" in why:
+        why["arc"] += f"; lamps {', '.join(sorted({f.lamps[0] for f in arc.frames}))}"
     for w in why.values():
         n.decide(w)
-    if not n.static(Tag.LINE_CATALOG):
-        return None
+    with_arcs = "arc" in why and n.static(Tag.LINE_CATALOG)
     out: dict[str, dict[int, WorkOrder]] = defaultdict(dict)
     for ifu in n.ifus:
-        b = n.order("bias", ifu, bias.frames, [], reasons=[why["bias"]])
-        fl = n.order("flat", ifu, flat.frames, [_product(b, Tag.MASTER_BIAS)],
-                     reasons=[why["flat"]])
+        out["bias"][ifu] = b = n.order("bias", ifu, bias.frames, [], reasons=[why["bias"]])
+        if "flat" not in why:
+            continue
+        out["flat"][ifu] = fl = n.order("flat", ifu, flat.frames, [_product(b, Tag.MASTER_BIAS)],
+                                        reasons=[why["flat"]])
+        if not with_arcs:
+            continue
         base = [_product(b, Tag.MASTER_BIAS), _product(fl, Tag.TRACE_TABLE)]
-        wc = n.order("wavecal", ifu, arc.frames, base, [Tag.LINE_CATALOG], [why["arc"]])
-        lsf = n.order("lsf", ifu, arc.frames, [*base, _product(wc, Tag.WAVECAL_TABLE)],
-                      [Tag.LINE_CATALOG], [why["arc"]])
-        for stage, o in (("bias", b), ("flat", fl), ("wavecal", wc), ("lsf", lsf)):
-            out[stage][ifu] = o
+        out["wavecal"][ifu] = wc = n.order("wavecal", ifu, arc.frames, base, [Tag.LINE_CATALOG],
+                                           [why["arc"]])
+        out["lsf"][ifu] = n.order("lsf", ifu, arc.frames, [*base, _product(wc, Tag.WAVECAL_TABLE)],
+                                  [Tag.LINE_CATALOG], [why["arc"]])
     return out
 
 
@@ -396,7 +406,9 @@ def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
         n = Night(plan, night, setup, sci, wanted, out_root, version, overrides or {}, memory_gb)
         n.decide(f"{len(sci)} science frame(s), IFUs {wanted}")
         cal = plan_calibrations(n)
-        if cal is None:
+        if "wavecal" not in cal:
+            for f in sci:
+                plan.note(f, "not reduced: no wavelength calibration for it (see the decisions)")
             continue
         illums = _usable(plan, [f for f in good if f.tag == Tag.ILLUM], setup,
                          READOUT_AND_OPTICS, "muse_scibasic")

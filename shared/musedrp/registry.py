@@ -1,6 +1,7 @@
 """The registry: frames, jobs and products, in SQLite (embedded) or PostgreSQL (cluster)."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,55 @@ from sqlalchemy import (
     Text,
     create_engine,
     select,
+    text,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from musedrp.errors import ConfigError, Transient
 from musedrp.frames import Frame
 from musedrp.messages import WorkOrder
 
-JOB_STATES = ("planned", "running", "succeeded", "cached", "failed", "skipped")
+JOB_STATES = ("planned", "queued", "running", "succeeded", "cached", "failed", "skipped",
+              "blocked")  # blocked: an upstream job failed; issued again if it is replayed
+OK_STATES = ("succeeded", "cached")
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database of ``url`` if it does not exist (SQLite needs nothing).
+
+    Raises
+    ------
+    ConfigError
+        The server cannot be reached.
+    """
+    u = make_url(url)
+    if u.get_backend_name() != "postgresql":
+        return
+    admin = create_engine(u.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            if not c.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"),
+                             {"n": u.database}).scalar():
+                c.execute(text(f'CREATE DATABASE "{u.database}"'))
+    except OperationalError as err:
+        raise ConfigError(f"registry {u.render_as_string()}: {err.orig}") from err
+    finally:
+        admin.dispose()
+
+
+@contextmanager
+def unavailable_is_transient() -> Iterator[None]:
+    """A registry that cannot be reached is worth a retry, not a dead letter."""
+    try:
+        yield
+    except OperationalError as err:
+        raise Transient(f"registry unavailable: {err.orig}") from err
 
 
 class Base(DeclarativeBase):
@@ -45,7 +84,7 @@ class FrameRow(Base):
     tpl_start: Mapped[str] = mapped_column(String(32), default="")
     status: Mapped[str] = mapped_column(String(16), default="")
     reason: Mapped[str] = mapped_column(Text, default="")
-    header: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    frame: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the whole Frame
 
 
 class JobRow(Base):
@@ -82,6 +121,14 @@ class Registry:
         Base.metadata.create_all(self.engine)
 
     @classmethod
+    def connect(cls, url: str) -> "Registry":
+        """The registry at ``url``, or ConfigError if it cannot be reached at start-up."""
+        try:
+            return cls(url)
+        except OperationalError as err:
+            raise ConfigError(f"registry {url}: {err.orig}") from err
+
+    @classmethod
     def for_output(cls, out: Path, url: str | None = None) -> "Registry":
         """PostgreSQL (or any SQLAlchemy URL) when given, else ``OUT/registry.sqlite``."""
         return cls(url or f"sqlite:///{(out / 'registry.sqlite').resolve()}")
@@ -94,8 +141,13 @@ class Registry:
                     path=f.path, name=f.name, arcfile=f.arcfile, tag=f.tag and str(f.tag),
                     setup=f.setup.key if f.setup else "", night=f.night, mjd=f.mjd,
                     tpl_start=f.tpl_start, status=status, reason=reason,
-                    header=f.model_dump(mode="json", include={"dpr", "tpl_id", "tpl_nexp",
-                                                              "tpl_expno", "lamps", "ifus"})))
+                    frame=f.model_dump(mode="json")))
+
+    def load_frames(self) -> list[Frame]:
+        """Every registered frame, as classified: what the planner plans from."""
+        with Session(self.engine) as s:
+            return [Frame.model_validate(r.frame) for r in
+                    s.scalars(select(FrameRow).order_by(FrameRow.mjd, FrameRow.path))]
 
     def record_orders(self, orders: Iterable[WorkOrder]) -> None:
         """Add planned jobs; a job already known keeps its state (re-planning is harmless)."""
@@ -125,6 +177,10 @@ class Registry:
         with Session(self.engine) as s, s.begin():
             for path, tag, qc in products:
                 s.merge(ProductRow(path=path, job_key=job_key, tag=tag, ifu=ifu, qc=qc))
+
+    def job(self, key: str) -> JobRow | None:
+        with Session(self.engine) as s:
+            return s.get(JobRow, key)
 
     def jobs(self, state: str | None = None) -> list[JobRow]:
         with Session(self.engine) as s:

@@ -33,6 +33,7 @@ class JobResult:
     directory: Path
     reason: str = ""
     manifest: dict[str, Any] = field(default_factory=dict)
+    error: MusedrpError | None = None  # what a failed job raised: decides a message's fate
 
     @property
     def products(self) -> dict[str, str]:
@@ -93,7 +94,7 @@ def execute(
             (final / "error.txt").write_text(f"{err}\n")
             run = err.metadata.get("run")
             record = {"run": _run_record(run)} if run else {}
-            return JobResult(order, "failed", final, reason=str(err), manifest=record)
+            return JobResult(order, "failed", final, reason=str(err), manifest=record, error=err)
         for name, path in result.products.items():
             provenance.stamp(path, order.job_key)
             shutil.move(path, final / name)

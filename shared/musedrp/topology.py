@@ -43,3 +43,45 @@ STAGES: Final = (
     Stage("scipost", needs=("scibasic", "standard", "lsf")),
 )
 BY_NAME: Final = {s.name: s for s in STAGES}
+
+
+# --- the broker's shape; broker.declare() is the only code that reads it ---
+
+EXCHANGE: Final = "musedrp"  # topic exchange for work and events
+DEAD_EXCHANGE: Final = "musedrp.dead"  # dead letters, routed as dead.<queue>
+TRANSFER_MARGIN_S: Final = 600  # downloads and uploads around a recipe run
+
+
+@dataclass(frozen=True)
+class Queue:
+    """A consumed queue: its bindings, and how long a consumer may hold one message."""
+
+    name: str
+    bindings: tuple[str, ...]
+    hold_s: float = 1800
+
+    @property
+    def dead(self) -> str:
+        return f"dead.{self.name}"
+
+    def delay(self, seconds: int) -> str:
+        return f"delay.{self.name}.{seconds}s"
+
+
+def work_key(stage: str) -> str:
+    return f"work.{stage}"
+
+
+def queues() -> tuple[Queue, ...]:
+    """Ingest, planner, and one work queue per stage held up to its recipe timeout."""
+    return (
+        Queue("ingest", ("frame.arrived",)),
+        Queue("planner", ("frame.registered", "job.finished", "product.created")),
+        *(Queue(work_key(s.name), (work_key(s.name),), s.spec.timeout_s + TRANSFER_MARGIN_S)
+          for s in STAGES),
+    )
+
+
+def queue(name: str) -> Queue:
+    (q,) = [q for q in queues() if q.name == name]
+    return q

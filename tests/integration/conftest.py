@@ -3,6 +3,7 @@ pipeline, and removed afterwards.  Three IFUs are the least the cascade needs: t
 IFU 1, the standard needs the star in the middle one of three."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,12 @@ def needs_esorex() -> None:
 
 @pytest.fixture(scope="session")
 def workspace() -> Iterator[Path]:
+    """A temporary directory, removed afterwards; for development, ``MUSEDRP_IT_WORKSPACE``
+    names one to keep and reuse (its simulated night and cached reduction)."""
+    if kept := os.environ.get("MUSEDRP_IT_WORKSPACE"):
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        yield Path(kept)
+        return
     with tempfile.TemporaryDirectory(prefix="musedrp-it-") as d:
         yield Path(d)
 
@@ -34,6 +41,8 @@ def workspace() -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def night(workspace: Path) -> tuple[Path, Truth]:
     raw = workspace / "raw"
+    if (raw / "truth.json").exists():  # a kept workspace
+        return raw, Truth.load(raw / "truth.json")
     return raw, simulate_night(raw, IFUS, seed=7)
 
 

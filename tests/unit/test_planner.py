@@ -10,37 +10,10 @@ from musedrp.frames import classify_file
 from musedrp.planner import job_key, plan_night
 from musedrp.tags import Tag
 
+from .conftest import ARC, SCIENCE_MJD
+
 FLAT = {"DPR.TYPE": "FLAT,LAMP", "TPL.ID": "MUSE_wfm_cal_specflat"}
 FAST = {"DET.READ.CURID": 2, "DET.READ.CURNAME": "FAST", "DET.BINY": 4}
-SCIENCE_MJD = 56871.10
-
-
-@pytest.fixture
-def template(make_frame):
-    """A template of ``n`` frames (of ``nexp`` announced) starting at ``mjd``."""
-    def make(mjd: float, n: int = 3, nexp: int | None = None, keys=None, ifus=(1,)):
-        start = f"T{mjd:.4f}"
-        return [classify_file(make_frame({**(keys or {}), "MJD-OBS": mjd + i / 1440,
-                                          "TPL.START": start, "TPL.NEXP": nexp or n,
-                                          "TPL.EXPNO": i + 1}, ifus=ifus))
-                for i in range(n)]
-    return make
-
-
-@pytest.fixture
-def science(make_frame):
-    def make(mjd: float = SCIENCE_MJD, ifus=(1,), keys=None):
-        return [classify_file(make_frame({"DPR.CATG": "SCIENCE", "DPR.TYPE": "OBJECT",
-                                          "TPL.ID": "MUSE_wfm_obs_genericoffset",
-                                          "TPL.START": "sci", "MJD-OBS": mjd, **(keys or {})},
-                                         ifus=ifus))]
-    return make
-
-
-ARC = {"DPR.TYPE": "WAVE", "TPL.ID": "MUSE_wfm_cal_arc", "INS.LAMPNUM": 6,
-       "INS.LAMP3.NAME": "CU-LAMP3", "INS.LAMP3.ST": True, "INS.SHUT3.ST": True}
-
-
 @pytest.fixture
 def plan(template, make_frame):
     """plan_night with the arcs and the LINE_CATALOG every cascade needs added."""
@@ -250,3 +223,15 @@ def test_standard_needs_three_ifus(plan, template, science, make_frame):
     assert orders(p, "standard") == [] and orders(p, "scipost") == []
     assert len(orders(p, "scibasic")) == 2  # the object and the standard, IFU 1
     assert any("at least 3 adjacent IFUs" in d for d in p.decisions)
+
+
+def test_without_arcs_bias_and_flat_are_still_planned(template, science, make_frame):
+    line_catalog = classify_file(make_frame({"PRO.CATG": "LINE_CATALOG"}, ifus=(),
+                                            name="line_catalog.fits"))
+    sci = science()
+    p = plan_night([*template(56870.75), *template(56870.8, keys=FLAT), *sci, line_catalog],
+                   Path("/out"), "2.8.7")
+    assert sorted(o.stage for o in p.orders) == ["bias", "flat"]
+    assert any("no usable ARC template: only bias, flat planned" in d for d in p.decisions)
+    assert p.status(sci[0]) == ("rejected", [
+        "not reduced: no wavelength calibration for it (see the decisions)"])

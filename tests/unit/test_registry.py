@@ -23,7 +23,8 @@ def test_frames_jobs_products_round_trip(db_url, make_frame):
                                     bad.path: ("unclassified", bad.reason)})
     rows = {r.name: r for r in reg.frames()}
     assert rows[good.name].tag == "BIAS" and rows[good.name].status == "used"
-    assert rows[good.name].setup == "WFM-NOAO-N_SCI1.0" and rows[good.name].header["ifus"] == [1]
+    assert rows[good.name].setup == "WFM-NOAO-N_SCI1.0" and rows[good.name].frame["ifus"] == [1]
+    assert {f.path: f for f in reg.load_frames()} == {good.path: good, bad.path: bad}
     assert rows[bad.name].tag is None and "not a MUSE frame" in rows[bad.name].reason
 
     reg.record_orders([order("job1"), order("job2", "flat")])

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from musedrp.topology import STAGES
+from musedrp.topology import STAGES, queue, queues, work_key
 
 MAN = Path(__file__).parent.parent / "data" / "man"
 
@@ -86,3 +86,15 @@ def test_esorex_args():
     assert all(a.startswith("--") and "=" in a for a in args)
     with pytest.raises(ValueError):
         FlatParams(combine="mean")
+
+
+def test_topology_matches_the_service_folders_and_holds_messages_long_enough():
+    services = Path(__file__).parents[2] / "services"
+    folders = {p.parent.name for p in services.glob("*/spec.py")}
+    assert folders == {s.name for s in STAGES}
+    assert {p.parent.name for p in services.glob("*/service.py")} == {"ingest", "planner"}
+    names = [q.name for q in queues()]
+    assert len(names) == len(set(names))
+    for s in STAGES:
+        q = queue(work_key(s.name))
+        assert q.bindings == (work_key(s.name),) and q.hold_s > s.spec.timeout_s

@@ -258,6 +258,14 @@ class Truth:
     slice_throughput: dict[int, list[float]] = dataclass_field(default_factory=dict)
     frames: list[dict] = dataclass_field(default_factory=list)
 
+    @classmethod
+    def load(cls, path: Path) -> "Truth":
+        """Read ``truth.json`` back (JSON keys are strings; IFUs are ints)."""
+        raw = json.loads(path.read_text())
+        for name in ("ports", "slice_centres_mid", "slice_throughput"):
+            raw[name] = {int(k): v for k, v in raw[name].items()}
+        return cls(**raw)
+
 
 def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = date(2014, 8, 1),
                    workers: int | None = None, progress=None) -> Truth:

@@ -1,0 +1,136 @@
+"""The stage worker: one work order in, products and events out (DESIGN.md, stage workers).
+
+The same shell serves every stage: it takes the stage's spec and compute from the topology,
+downloads the inputs to scratch, runs the shared runner (which runs esorex pinned to this
+worker's CPUs), uploads products and logs with the manifest last, and returns the events.
+A work order whose manifest already exists is answered from the manifest at once.
+"""
+
+import errno
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from musedrp import esorex, metrics, runner, service, storage
+from musedrp.broker import Handler
+from musedrp.errors import DataError, Transient
+from musedrp.messages import Envelope, JobFinished, ProductCreated, WorkOrder
+from musedrp.provenance import MANIFEST
+from musedrp.settings import Settings
+from musedrp.stages import product_tag
+from musedrp.topology import BY_NAME, Stage, work_key
+
+
+class StageWorker(Handler):
+    def __init__(self, stage: Stage, settings: Settings, store: storage.ObjectStore,
+                 cpus: list[int], scratch: Path, log: logging.Logger) -> None:
+        self.stage, self.settings, self.store, self.cpus, self.log = (
+            stage, settings, store, cpus, log)
+        self.scratch = scratch
+        self.spec, self.compute = stage.spec, stage.compute()
+        self.name = stage.name
+
+    def handle(self, env: Envelope, attempt: int) -> list[Envelope]:
+        order: WorkOrder = env.payload
+        if env.type != work_key(self.name):
+            raise DataError(f"a {env.type} message on the {work_key(self.name)} queue")
+        if (manifest := self.store.get_json(f"{order.product_dir}/{MANIFEST}")) is not None:
+            self.log.info("%s: products exist (manifest found), nothing to run", order)
+            return self._events(env, order, manifest, "cached", attempt)
+        metrics.IN_PROGRESS.labels(self.name).inc()
+        try:
+            with metrics.JOB_DURATION.labels(self.name).time():
+                return self._run(env, order, attempt)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):  # may be free again later
+                raise Transient(f"scratch {self.scratch} is full: {err}") from err
+            raise
+        finally:
+            metrics.IN_PROGRESS.labels(self.name).dec()
+
+    def _run(self, env: Envelope, order: WorkOrder, attempt: int) -> list[Envelope]:
+        with tempfile.TemporaryDirectory(prefix=f"{order.job_key}-", dir=self.scratch) as tmp:
+            local = self._download(order, Path(tmp) / "in")
+            self.log.info("%s: running %s on CPUs %s", order, order.recipe,
+                          esorex.format_cpus(self.cpus))
+            result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
+                                    self.cpus, Path(tmp))
+            storage.upload_dir(self.store, result.directory, order.product_dir)
+            if result.error is not None:
+                raise result.error
+            self.log.info("%s: %s in %.1f s", order, result.outcome,
+                          result.manifest["run"]["wall_s"])
+            return self._events(env, order, result.manifest, "succeeded", attempt)
+
+    def _download(self, order: WorkOrder, root: Path) -> WorkOrder:
+        """Every input into its own folder (names kept: esorex products cite them)."""
+        inputs = []
+        for i, f in enumerate(order.inputs):
+            dest = root / f"{i:03d}" / Path(f.path).name
+            self.store.get_file(f.path, dest)
+            inputs.append(f.model_copy(update={"path": str(dest)}))
+        timeout = self.settings.timeout_s or order.timeout_s
+        return order.model_copy(update={"inputs": tuple(inputs), "timeout_s": timeout})
+
+    def _events(self, env: Envelope, order: WorkOrder, manifest: dict[str, Any], outcome: str,
+                attempt: int) -> list[Envelope]:
+        run = manifest.get("run", {})
+        result = runner.JobResult(order, outcome, Path(), manifest=manifest)
+        qc = runner.headline_qc(self.spec, result)
+        keys = {name: f"{order.product_dir}/{name}" for name in result.products}
+        if outcome == "succeeded":
+            metrics.RECIPE_DURATION.labels(self.name).observe(run["wall_s"])
+            metrics.RECIPE_CPU.labels(self.name).inc(run["cpu_user_s"] + run["cpu_sys_s"])
+            metrics.PEAK_RSS.labels(self.name).set(run["peak_rss_bytes"])
+            metrics.RECIPE_WARNINGS.labels(self.name).inc(run["n_warnings"])
+            for key, value in qc.items():
+                if isinstance(value, int | float):
+                    metrics.QC_VALUE.labels(self.name, key, str(order.ifu or 0)).set(value)
+        metrics.JOBS.labels(self.name, outcome).inc()
+        finished = JobFinished(
+            job_key=order.job_key, stage=order.stage, night=order.night, ifu=order.ifu,
+            outcome=outcome, products=keys, qc=qc, wall_s=run.get("wall_s"),
+            cpu_s=run and run["cpu_user_s"] + run["cpu_sys_s"] or None,
+            peak_rss_bytes=run.get("peak_rss_bytes"), cpus=tuple(run.get("cpus", ())),
+            attempt=attempt)
+        created = [ProductCreated(job_key=order.job_key, stage=order.stage, ifu=order.ifu,
+                                  tag=product_tag(Path(name)), key=key)
+                   for name, key in keys.items()]
+        return [env.reply("job.finished", self.source, finished),
+                *(env.reply("product.created", self.source, c) for c in created)]
+
+    @property
+    def source(self) -> str:
+        return f"worker.{self.name}"
+
+    def failed(self, env: Envelope, outcome: str, reason: str, attempt: int) -> list[Envelope]:
+        order: WorkOrder = env.payload
+        metrics.JOBS.labels(self.name, outcome).inc()
+        return [env.reply("job.finished", self.source, JobFinished(
+            job_key=order.job_key, stage=order.stage, night=order.night, ifu=order.ifu,
+            outcome=outcome, reason=f"{reason} (logs, if any, under {order.product_dir}/)",
+            attempt=attempt))]
+
+
+def make(stage_name: str):
+    def factory(settings: Settings, log: logging.Logger) -> StageWorker:
+        stage = BY_NAME[stage_name]
+        esorex.pipeline_version(stage.spec.recipe)  # ConfigError: esorex or the recipe missing
+        scratch = service.own_scratch(settings, stage_name, log)
+        store = storage.open_store(settings)
+        store.check()
+        cpus = service.cpu_set(settings)
+        log.info("stage %s: recipe %s, CPUs %s, scratch %s", stage_name, stage.spec.recipe,
+                 esorex.format_cpus(cpus), scratch)
+        return StageWorker(stage, settings, store, cpus, scratch, log)
+
+    return factory
+
+
+def main(stage_name: str) -> int:
+    if stage_name not in BY_NAME:
+        print(f"unknown stage {stage_name!r}; one of {', '.join(BY_NAME)}", file=sys.stderr)
+        return 2
+    return service.main(f"worker.{stage_name}", work_key(stage_name), make(stage_name))

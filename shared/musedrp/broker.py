@@ -1,0 +1,341 @@
+"""RabbitMQ: the topology declared, messages published with confirms, and the consumer loop.
+
+This is the only module that holds a pika channel, and ``fate`` is the only place that turns
+an error into a message's outcome (STYLE.md §8, §10).  Per message:
+
+1. the body is decoded on the connection thread; an undecodable one is dead-lettered at once
+   with the reason;
+2. the handler runs in a worker thread while the connection thread keeps servicing
+   heartbeats;
+3. back on the connection thread, the handler's events are published (persistent,
+   ``mandatory``, publisher confirms), a retry or dead letter is published if the outcome
+   says so, and only then is the message acked.
+
+Delivery is at-least-once; handlers are idempotent (a redelivered work order finds its
+manifest).  A worker killed mid-message never acks: the quorum queue redelivers it, and its
+``x-delivery-limit`` dead-letters a message that keeps killing workers.
+"""
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import pika.exceptions as pe
+
+from musedrp import esorex, metrics
+from musedrp.errors import BadMessage, ConfigError, DataError, Interrupted, NoWork, Transient
+from musedrp.logs import CONTEXT
+from musedrp.messages import Envelope, decode
+from musedrp.settings import Settings
+from musedrp.topology import DEAD_EXCHANGE, EXCHANGE, Queue, queues
+
+log = logging.getLogger("musedrp.broker")
+
+ATTEMPT = "x-musedrp-attempt"
+REASON = "x-musedrp-reason"
+IDLE_RETRY_S = 10
+# a lost connection, or a publish the broker did not take: reconnect, the message comes back
+CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.AMQPChannelError, pe.ConnectionClosed,
+                     pe.StreamLostError, pe.UnroutableError, pe.NackError)
+
+
+def connection_parameters(s: Settings) -> pika.ConnectionParameters:
+    return pika.ConnectionParameters(
+        host=s.amqp_host, port=s.amqp_port, virtual_host=s.amqp_vhost,
+        credentials=pika.PlainCredentials(s.amqp_user, s.amqp_password.get_secret_value()),
+        heartbeat=s.amqp_heartbeat_s, blocked_connection_timeout=300,
+        connection_attempts=1, socket_timeout=10)
+
+
+def connect(s: Settings) -> pika.BlockingConnection:
+    """A connection, or ConfigError naming the broker."""
+    try:
+        return pika.BlockingConnection(connection_parameters(s))
+    except pe.AMQPError as err:
+        raise ConfigError(f"RabbitMQ at {s.amqp_host}:{s.amqp_port} vhost {s.amqp_vhost!r} "
+                          f"unreachable: {err!r}") from err
+
+
+def declare(channel, s: Settings) -> None:
+    """Exchanges and, for every queue of the topology, its dead-letter and delay queues.
+
+    A delay queue has a fixed TTL and dead-letters back to its work queue; one per delay,
+    because RabbitMQ expires messages only at the head of a queue (a per-message TTL would
+    hold short delays behind long ones).
+
+    Raises
+    ------
+    ConfigError
+        A queue exists with other arguments (e.g. another ``delivery_limit``).
+    """
+    try:
+        channel.exchange_declare(EXCHANGE, "topic", durable=True)
+        channel.exchange_declare(DEAD_EXCHANGE, "topic", durable=True)
+        for q in queues():
+            channel.queue_declare(q.name, durable=True, arguments={
+                "x-queue-type": "quorum", "x-delivery-limit": s.delivery_limit,
+                "x-dead-letter-exchange": DEAD_EXCHANGE, "x-dead-letter-routing-key": q.dead,
+                # honoured from RabbitMQ 3.12; older brokers need the broker-wide
+                # consumer_timeout raised above the longest recipe (see docs)
+                "x-consumer-timeout": int(q.hold_s * 1000)})
+            for key in q.bindings:
+                channel.queue_bind(q.name, EXCHANGE, key)
+            channel.queue_declare(q.dead, durable=True, arguments={"x-queue-type": "quorum"})
+            channel.queue_bind(q.dead, DEAD_EXCHANGE, q.dead)
+            for delay in s.retry_delays_s:
+                channel.queue_declare(q.delay(delay), durable=True, arguments={
+                    "x-message-ttl": delay * 1000, "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": q.name})
+    except pe.ChannelClosedByBroker as err:
+        raise ConfigError(f"declaring the topology failed: {err.reply_text}") from err
+
+
+def publish(channel, env: Envelope, routing_key: str | None = None) -> None:
+    """Publish an event or work order, persistent and confirmed; raises if unroutable."""
+    channel.basic_publish(
+        EXCHANGE, routing_key or env.type, env.encode(), mandatory=True,
+        properties=pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json",
+            type=env.type, message_id=str(env.id), correlation_id=str(env.correlation_id)))
+
+
+def _republish(channel, exchange: str, routing_key: str, body: bytes, properties,
+               **headers: Any) -> None:
+    """The original body, with headers added: to a delay queue or a dead-letter queue."""
+    props = pika.BasicProperties(
+        delivery_mode=pika.DeliveryMode.Persistent, content_type=properties.content_type,
+        type=properties.type, message_id=properties.message_id,
+        correlation_id=properties.correlation_id,
+        headers={**(properties.headers or {}), **headers})
+    channel.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
+
+
+@dataclass
+class Fate:
+    """What happens to a message: ``outcome`` and the events to publish before the ack."""
+
+    outcome: str  # handled, skipped, failed, retried, rejected, interrupted
+    events: list[Envelope] = field(default_factory=list)
+    reason: str = ""
+    retry_delay_s: int = 0
+
+
+class Handler:
+    """What a service does with one message; the loop does everything else."""
+
+    name = "service"
+
+    def handle(self, env: Envelope, attempt: int) -> list[Envelope]:
+        raise NotImplementedError
+
+    def failed(self, env: Envelope, outcome: str, reason: str, attempt: int) -> list[Envelope]:
+        """Events announcing that the message's work was skipped or failed (default none)."""
+        return []
+
+    def idle(self, publish: Callable[[Envelope], None]) -> None:
+        """Called on the connection thread about once a second while no message is handled;
+        ``publish`` returns once the broker has confirmed."""
+
+
+def fate(handler: Handler, env: Envelope, attempt: int, delays: Sequence[int],
+         interrupted: bool) -> Fate:
+    """Run the handler and map what it raised to the message's outcome (STYLE.md §8)."""
+    try:
+        return Fate("handled", handler.handle(env, attempt))
+    except Interrupted:
+        return Fate("interrupted", reason="shutdown while running")
+    except NoWork as err:
+        return Fate("skipped", handler.failed(env, "skipped", str(err), attempt), str(err))
+    except Transient as err:
+        if interrupted:
+            return Fate("interrupted", reason=str(err))
+        if attempt <= len(delays):
+            return Fate("retried", reason=str(err), retry_delay_s=delays[attempt - 1])
+        reason = f"gave up after {attempt} attempts: {err}"
+        return Fate("failed", handler.failed(env, "failed", reason, attempt), reason)
+    except Exception as err:  # DataError, or a bug: either way this message cannot succeed
+        if interrupted:
+            return Fate("interrupted", reason=str(err))
+        if not isinstance(err, DataError):
+            log.exception("unexpected error handling %s", env.type)
+        reason = str(err) if isinstance(err, DataError) else f"internal error: {err!r}"
+        return Fate("failed", handler.failed(env, "failed", reason, attempt), reason)
+
+
+class Consumer:
+    """Consume one queue with one handler: prefetch 1, reconnect on loss, drain on SIGTERM."""
+
+    def __init__(self, settings: Settings, queue: Queue, handler: Handler) -> None:
+        self.settings, self.queue, self.handler = settings, queue, handler
+        self.stopping = False  # first SIGTERM: finish the running message, then exit
+        self.interrupted = False  # second signal: kill the recipe, requeue, exit
+        self._job: threading.Thread | None = None
+        self._done: Fate | None = None
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: Any) -> None:
+            if self.stopping:
+                self.interrupted = True
+                esorex.kill_all()
+            self.stopping = True
+            log.info("signal %d: %s", signum, "stopping the running recipe" if
+                     self.interrupted else "finishing the running message, then exiting")
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> None:
+        """Consume until stopped.
+
+        Raises
+        ------
+        ConfigError
+            The broker is unreachable at start-up, or the topology cannot be declared.
+        """
+        connection = connect(self.settings)
+        delay = 1.0
+        while True:
+            try:
+                self._serve(connection)
+                return
+            except CONNECTION_ERRORS as err:
+                log.warning("broker connection lost (%r); reconnecting", err)
+            self._wait_for_job()  # its ack is lost: the broker redelivers the message
+            while not self.stopping:
+                time.sleep(delay)
+                try:
+                    connection = connect(self.settings)
+                    delay = 1.0
+                    break
+                except ConfigError as err:
+                    delay = min(2 * delay, 30.0)
+                    log.warning("%s; next attempt in %.0f s", err, delay)
+            if self.stopping:
+                return
+
+    def _wait_for_job(self) -> None:
+        if self._job is not None:
+            self._job.join()
+        self._job, self._done = None, None
+
+    def _serve(self, connection: pika.BlockingConnection) -> None:
+        channel = connection.channel()
+        declare(channel, self.settings)
+        channel.confirm_delivery()
+        channel.basic_qos(prefetch_count=1)
+        tag = channel.basic_consume(self.queue.name, self._on_message_factory(connection, channel))
+        log.info("consuming %s", self.queue.name)
+        cancelled, next_idle = False, 0.0
+        while True:
+            connection.process_data_events(time_limit=1)
+            if self.stopping and not cancelled:
+                channel.basic_cancel(tag)
+                cancelled = True
+            if self._job is None:
+                if cancelled:
+                    break
+                if time.monotonic() >= next_idle:
+                    next_idle = self._idle(channel)
+        connection.close()
+
+    def _idle(self, channel) -> float:
+        """The handler's periodic work; when it fails (registry down), again in a while."""
+        try:
+            self.handler.idle(lambda env: publish(channel, env))
+            return 0.0
+        except CONNECTION_ERRORS:
+            raise
+        except Exception as err:
+            log.error("periodic work failed (%s); trying again in %d s", err, IDLE_RETRY_S)
+            return time.monotonic() + IDLE_RETRY_S
+
+    def _on_message_factory(self, connection, channel) -> Callable[..., None]:
+        def on_message(ch, method, properties, body: bytes) -> None:
+            attempt = int((properties.headers or {}).get(ATTEMPT, 1))
+            try:
+                env = decode(body)
+            except BadMessage as err:
+                self._settle(ch, method.delivery_tag, body, properties, Fate("rejected",
+                                                                              reason=str(err)))
+                return
+            self._job = threading.Thread(
+                target=self._work, name=f"job-{method.delivery_tag}", daemon=True,
+                args=(connection, ch, method.delivery_tag, body, properties, env, attempt))
+            self._job.start()
+
+        return on_message
+
+    def _work(self, connection, channel, delivery_tag: int, body: bytes, properties,
+              env: Envelope, attempt: int) -> None:
+        CONTEXT.set({"queue": self.queue.name, "type": env.type,
+                     "correlation_id": str(env.correlation_id), "attempt": attempt,
+                     **({"job_key": env.payload.job_key} if hasattr(env.payload, "job_key")
+                        else {})})
+        result = fate(self.handler, env, attempt, self.settings.retry_delays_s,
+                      self.interrupted)
+
+        def settle() -> None:
+            try:
+                self._settle(channel, delivery_tag, body, properties, result)
+            finally:
+                self._job = None
+
+        try:
+            connection.add_callback_threadsafe(settle)
+        except CONNECTION_ERRORS + (RuntimeError,) as err:
+            log.warning("could not hand %s back to a lost connection (%r); the broker will "
+                        "redeliver it", env.type, err)
+
+    def _settle(self, channel, delivery_tag: int, body: bytes, properties, result: Fate) -> None:
+        q, attempt = self.queue, int((properties.headers or {}).get(ATTEMPT, 1))
+        for env in result.events:
+            publish(channel, env)
+        if result.outcome == "retried":
+            log.warning("attempt %d failed (%s); retrying in %d s", attempt, result.reason,
+                        result.retry_delay_s)
+            _republish(channel, "", q.delay(result.retry_delay_s), body, properties,
+                       **{ATTEMPT: attempt + 1, REASON: result.reason[:1000]})
+            metrics.RETRIES.labels(q.name).inc()
+        elif result.outcome in ("failed", "rejected"):
+            log.error("dead-lettering to %s: %s", q.dead, result.reason)
+            _republish(channel, DEAD_EXCHANGE, q.dead, body, properties,
+                       **{ATTEMPT: attempt, REASON: result.reason[:4000]})
+            metrics.DEAD_LETTERS.labels(q.name, result.outcome).inc()
+        if result.outcome == "interrupted":
+            channel.basic_nack(delivery_tag, requeue=True)
+        else:
+            channel.basic_ack(delivery_tag)
+        metrics.MESSAGES.labels(q.name, result.outcome).inc()
+
+
+def replay(s: Settings, queue_name: str) -> list[str]:
+    """Move every dead letter of ``queue_name`` back to it, attempts reset; returns the
+    reasons they died with.  For use once the cause is fixed (a new recipe, a repaired file).
+    """
+    q = next((q for q in queues() if q.name == queue_name), None)
+    if q is None:
+        raise ConfigError(f"no queue {queue_name!r}; one of {', '.join(x.name for x in queues())}")
+    connection = connect(s)
+    reasons = []
+    try:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        while True:
+            method, properties, body = channel.basic_get(q.dead)
+            if method is None:
+                return reasons
+            headers = dict(properties.headers or {})
+            reasons.append(str(headers.pop(REASON, "?")))
+            headers.pop(ATTEMPT, None)
+            channel.basic_publish("", q.name, body, mandatory=True, properties=pika.BasicProperties(
+                delivery_mode=pika.DeliveryMode.Persistent, content_type=properties.content_type,
+                type=properties.type, message_id=properties.message_id,
+                correlation_id=properties.correlation_id, headers=headers))
+            channel.basic_ack(method.delivery_tag)
+    finally:
+        connection.close()

@@ -1,0 +1,272 @@
+"""All services on one machine: a broker, an S3 server, a registry, and one process per service.
+
+``musedrp serve`` uses what is configured (``MUSEDRP_*``) and starts what is missing: RabbitMQ
+if it is local and down, ``weed mini`` if no S3 endpoint is configured, the PostgreSQL
+database if it does not exist.  Each service runs as its own process (``musedrp service
+NAME``), stage workers pinned one core each, round-robin over this process's CPUs; each logs
+JSON lines to ``STATE_DIR/logs/NAME.log`` and serves metrics on its own port.  What the
+other commands (``submit``, ``status``) need to find the servers is written to
+``STATE_DIR/services.env``; the S3 secret to a file of its own, mode 0600.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from musedrp import broker, esorex, s3server
+from musedrp.errors import ConfigError
+from musedrp.registry import ensure_database
+from musedrp.settings import Settings
+from musedrp.storage import S3Store
+from musedrp.topology import STAGES, queues
+
+SERVICES = ("ingest", "planner", *(s.name for s in STAGES))
+ENV_FILE = "services.env"
+METRICS_BASE = 9310
+
+
+def read_env_file(state_dir: Path) -> dict[str, str]:
+    path = state_dir / ENV_FILE
+    if not path.exists():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def settings_for(state_dir: Path) -> Settings:
+    """Settings of a running ``serve``: its env file, overridden by this environment."""
+    return Settings.load({**read_env_file(state_dir), **os.environ})
+
+
+def ensure_broker(s: Settings) -> None:
+    """Connect, or start the local RabbitMQ if it is down and installed here; on a local
+    broker, raise the broker-wide consumer timeout above the longest recipe (brokers before
+    3.12 ignore the per-queue ``x-consumer-timeout``)."""
+    local = s.amqp_host in ("127.0.0.1", "localhost") and shutil.which("rabbitmqctl")
+    try:
+        broker.connect(s).close()
+    except ConfigError:
+        if not local:
+            raise
+        print("starting RabbitMQ (rabbitmq-server -detached)", flush=True)
+        subprocess.run(["rabbitmq-server", "-detached"], check=False)  # noqa: S603, S607
+        subprocess.run(["rabbitmqctl", "await_startup", "--timeout", "60"],  # noqa: S603, S607
+                       check=False, capture_output=True)
+        broker.connect(s).close()
+    if local:
+        hold_ms = int(max(q.hold_s for q in queues()) * 1000)
+        subprocess.run(["rabbitmqctl", "eval",  # noqa: S603, S607
+                        f"application:set_env(rabbit, consumer_timeout, {hold_ms})."],
+                       check=False, capture_output=True)
+
+
+@dataclass
+class Fleet:
+    """Service processes started and stopped by name."""
+
+    state_dir: Path
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, name: str, cpus: Iterable[int] | None = None, metrics_port: int = 0,
+              **settings: str) -> subprocess.Popen:
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env, "MUSEDRP_LOG_FORMAT": "json",
+               "MUSEDRP_METRICS_PORT": str(metrics_port),
+               **({"MUSEDRP_CPUS": esorex.format_cpus(cpus)} if cpus is not None else {}),
+               **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
+        with (logs / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(  # noqa: S603 - our own CLI
+                [sys.executable, "-m", "musedrp.cli", "service", name], env=env,
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self.processes[name]
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 60.0) -> int:
+        p = self.processes.pop(name)
+        if p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
+    def stop_all(self, timeout_s: float = 60.0) -> None:
+        """SIGTERM to all at once (each finishes its message), then wait for each."""
+        for p in self.processes.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for name in list(self.processes):
+            p = self.processes.pop(name)
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def prepare(state_dir: Path) -> tuple[dict[str, str], s3server.S3Server | None]:
+    """Broker, S3 and registry ready; returns the environment services need."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    s = Settings.load()
+    ensure_broker(s)
+    env = {k: v for k, v in os.environ.items() if k.startswith("MUSEDRP_")}
+    server = None
+    if "MUSEDRP_S3_ENDPOINT" not in os.environ:
+        server = s3server.start(state_dir / "s3")
+        secret = state_dir / "s3" / "secret"
+        secret.write_text(server.secret_key)
+        secret.chmod(0o600)
+        env |= {"MUSEDRP_S3_ENDPOINT": server.endpoint,
+                "MUSEDRP_S3_ACCESS_KEY": server.access_key,
+                "MUSEDRP_S3_SECRET_KEY_FILE": str(secret)}
+        env.pop("MUSEDRP_S3_SECRET_KEY", None)
+    env.setdefault("MUSEDRP_SCRATCH", str(state_dir / "scratch"))
+    s = Settings.load(env)
+    if server is not None:
+        _create_bucket(S3Store.from_settings(s))
+    ensure_database(s.db_url)
+    (state_dir / ENV_FILE).write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())
+                                              if k != "MUSEDRP_S3_SECRET_KEY"))
+    return env, server
+
+
+def _create_bucket(store: S3Store, timeout_s: float = 30.0) -> None:
+    """The bucket, once the freshly started server accepts requests."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            store.create_bucket()
+            store.check()
+            return
+        except Exception as err:  # the filer behind the S3 port may need a moment
+            if time.monotonic() > deadline:
+                raise ConfigError(f"S3 bucket {store.bucket} could not be created: {err}") from err
+            time.sleep(0.5)
+
+
+def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
+    """Run every service until Ctrl-C or SIGTERM; a service that exits is reported."""
+    env, server = prepare(state_dir)
+    fleet = Fleet(state_dir, env)
+    cpus = sorted(os.sched_getaffinity(0))
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        print(f"{'service':<9} {'pid':>7}  cpus  metrics  log")
+        stage_no = 0
+        for i, name in enumerate(services):
+            pinned = None
+            if name not in ("ingest", "planner"):
+                pinned, stage_no = [cpus[stage_no % len(cpus)]], stage_no + 1
+            p = fleet.start(name, pinned, METRICS_BASE + i)
+            print(f"{name:<9} {p.pid:>7}  {esorex.format_cpus(pinned) if pinned else 'any':<4}"
+                  f"  :{METRICS_BASE + i}    {state_dir / 'logs' / (name + '.log')}", flush=True)
+        print(f"S3 {env['MUSEDRP_S3_ENDPOINT']}; submit with `musedrp submit RAW_DIR "
+              f"--state-dir {state_dir}`; Ctrl-C stops everything", flush=True)
+        reported: set[str] = set()
+        while not stop:
+            time.sleep(1)
+            for name, p in fleet.processes.items():
+                if p.poll() is not None and name not in reported:
+                    reported.add(name)
+                    print(f"service {name} exited with {p.returncode}; see "
+                          f"{state_dir / 'logs' / (name + '.log')}", flush=True)
+    finally:
+        print("stopping services", flush=True)
+        fleet.stop_all()
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def submit(raw_dir: Path, s: Settings, report=print) -> int:
+    """Do what the observatory's ingest does: upload each raw file, then announce it.
+
+    Returns the number of files submitted.  A file is announced only after its upload; the
+    announcement is confirmed by the broker before the next file.
+    """
+    from musedrp.frames import FITS_SUFFIXES, classify_file
+    from musedrp.messages import Envelope, FrameArrived, night_correlation
+    from musedrp.storage import open_store, raw_key
+
+    store = open_store(s)
+    store.check()
+    paths = sorted(p for p in raw_dir.rglob("*") if p.name.lower().endswith(FITS_SUFFIXES))
+    if not paths:
+        raise ConfigError(f"no FITS files below {raw_dir}")
+    connection = broker.connect(s)
+    try:
+        channel = connection.channel()
+        broker.declare(channel, s)
+        channel.confirm_delivery()
+        t0 = time.monotonic()
+        for i, path in enumerate(paths, 1):
+            night = classify_file(path).night  # the observatory knows the night of a file
+            key = raw_key(night, path.name)
+            store.put_file(path, key)
+            broker.publish(channel, Envelope(
+                type="frame.arrived", source="submit", correlation_id=night_correlation(night),
+                payload=FrameArrived(key=key, size=path.stat().st_size)))
+            if i % 10 == 0 or i == len(paths):
+                report(f"  [{i:>3}/{len(paths)}] {key}  (t+{time.monotonic() - t0:.0f} s)")
+    finally:
+        connection.close()
+    return len(paths)
+
+
+def status(s: Settings) -> list[str]:
+    """Queues (ready, consumers, dead letters), jobs by state, and every failure's reason."""
+    from collections import Counter
+
+    from musedrp.registry import Registry
+
+    lines = [f"{'queue':<16} {'ready':>6} {'consumers':>9} {'dead':>5}"]
+    connection = broker.connect(s)
+    try:
+        channel = connection.channel()
+        for q in queues():
+            work = channel.queue_declare(q.name, passive=True).method
+            dead = channel.queue_declare(q.dead, passive=True).method
+            lines.append(f"{q.name:<16} {work.message_count:>6} {work.consumer_count:>9} "
+                         f"{dead.message_count:>5}")
+    except broker.pe.ChannelClosedByBroker as err:  # 404: no service has declared them yet
+        lines.append(f"(queues not declared yet: {err.reply_text})")
+    finally:
+        if connection.is_open:
+            connection.close()
+    registry = Registry.connect(s.db_url)
+    try:
+        jobs = registry.jobs()
+        frames = registry.frames()
+    finally:
+        registry.close()
+    by_state = Counter(j.state for j in jobs)
+    lines.append("jobs: " + (", ".join(f"{n} {st}" for st, n in sorted(by_state.items()))
+                             or "none"))
+    by_status = Counter(f.status for f in frames)
+    lines.append("frames: " + (", ".join(f"{n} {st}" for st, n in sorted(by_status.items()))
+                               or "none"))
+    for j in jobs:
+        if j.state in ("failed", "skipped", "blocked"):
+            ifu = f" IFU {j.ifu:02d}" if j.ifu else ""
+            lines.append(f"  {j.state} {j.stage}{ifu} [{j.key}]: {j.reason.splitlines()[0]}")
+    for f in frames:
+        if f.status in ("rejected", "unclassified") and not f.tag:
+            lines.append(f"  rejected {f.name}: {f.reason}")
+    return lines

@@ -1,0 +1,351 @@
+"""The services with real parts: RabbitMQ (a vhost of its own), a SeaweedFS S3 server,
+PostgreSQL (a database of its own) and the real esorex.
+
+The simulated night's biases, flats and object frames (and one corrupt file) are submitted as
+the observatory would; the planner, restricted to IFU 1, issues bias and flat.  The tests run
+in order and build on each other: the reduction (with a worker killed mid-recipe), then
+duplicates, poison messages, a recipe over its time limit, S3 down, the broker restarted.
+"""
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pika
+import pytest
+from astropy.io import fits
+from sqlalchemy import create_engine, text
+
+from musedrp import broker, s3server
+from musedrp.frames import classify_dir
+from musedrp.messages import Envelope, FrameArrived, WorkOrder, decode
+from musedrp.registry import Registry, ensure_database
+from musedrp.serve import Fleet, submit
+from musedrp.settings import Settings
+from musedrp.storage import S3Store
+from musedrp.tags import Tag
+from musedrp.topology import EXCHANGE
+
+from ..conftest import PG_ADMIN_URL
+from .conftest import IFU, products
+
+pytestmark = pytest.mark.integration
+SUBMITTED = (Tag.BIAS, Tag.FLAT, Tag.OBJECT)
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def infra(workspace: Path) -> Iterator[dict]:
+    """An S3 server, a vhost and a database for this module; all removed afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl not found: the services tests need a local RabbitMQ")
+    workspace = Path(tempfile.mkdtemp(prefix="services-", dir=workspace))
+    s3 = s3server.start(workspace / "s3")
+    tag = uuid.uuid4().hex[:8]
+    vhost, db = f"musedrp-test-{tag}", f"musedrp_test_{tag}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}"
+    ensure_database(db_url)
+    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
+           "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
+           "MUSEDRP_DB_URL": db_url, "MUSEDRP_SCRATCH": str(workspace / "scratch"),
+           "MUSEDRP_PLAN_QUIET_S": "2", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
+           "MUSEDRP_IFUS": str(IFU), "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
+    settings = Settings.load(env)
+    store = S3Store.from_settings(settings)
+    store.create_bucket()
+    state = {"env": env, "settings": settings, "store": store, "s3": s3,
+             "fleet": Fleet(workspace / "services", env), "workspace": workspace}
+    yield state
+    state["fleet"].stop_all()
+    state["s3"].stop()  # the one running now: a test restarts it
+    shutil.rmtree(workspace, ignore_errors=True)
+    rabbitmqctl("delete_vhost", vhost)
+    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+    engine.dispose()
+
+
+class Events:
+    """A queue of this test's own, bound to every event, read with basic_get."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.seen: list[Envelope] = []
+        self.connect()
+
+    def connect(self) -> None:
+        """(Re)connect: an idle blocking connection misses heartbeats during long waits."""
+        self.connection = broker.connect(self.settings)
+        self.channel = self.connection.channel()
+        broker.declare(self.channel, self.settings)
+        self.channel.confirm_delivery()
+        self.channel.queue_declare("test.events", durable=True)
+        for key in ("frame.registered", "job.finished", "product.created"):
+            self.channel.queue_bind("test.events", EXCHANGE, key)
+
+    def drain(self) -> list[Envelope]:
+        if not self.connection.is_open:
+            self.connect()
+        while True:
+            try:
+                method, _, body = self.channel.basic_get("test.events", auto_ack=True)
+            except broker.CONNECTION_ERRORS:
+                self.connect()
+                continue
+            if method is None:
+                return self.seen
+            self.seen.append(decode(body))
+
+    def wait(self, predicate: Callable[[list[Envelope]], bool], timeout_s: float, what: str,
+             fleet: Fleet | None = None) -> list[Envelope]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate(self.drain()):
+                return self.seen
+            time.sleep(1)
+        raise AssertionError(f"timed out waiting for {what}; logs:\n{tail_logs(fleet)}")
+
+    def finished(self, job_key: str, outcome: str | None = None) -> list:
+        return [e.payload for e in self.drain() if e.type == "job.finished"
+                and e.payload.job_key == job_key and outcome in (None, e.payload.outcome)]
+
+    def publish(self, env: Envelope) -> None:
+        self.drain()  # reconnects if the connection was dropped while idle
+        broker.publish(self.channel, env)
+
+    def publish_raw(self, routing_key: str, body: bytes) -> None:
+        self.drain()
+        self.channel.basic_publish(EXCHANGE, routing_key, body, mandatory=True,
+                                   properties=pika.BasicProperties(delivery_mode=2))
+
+    def dead(self, queue_name: str) -> list[tuple[bytes, dict]]:
+        self.drain()
+        out = []
+        while True:
+            method, props, body = self.channel.basic_get(f"dead.{queue_name}", auto_ack=True)
+            if method is None:
+                return out
+            out.append((body, props.headers or {}))
+
+
+def tail_logs(fleet: Fleet | None, lines: int = 15) -> str:
+    if fleet is None:
+        return ""
+    out = []
+    for log in sorted((fleet.state_dir / "logs").glob("*.log")):
+        out.append(f"== {log.name}")
+        out += [line[:400] for line in log.read_text(errors="replace").splitlines()[-lines:]]
+    return "\n".join(out)
+
+
+def start_consuming(fleet: Fleet, name: str, cpus=None, **settings: str) -> None:
+    """Start a service and wait until it has passed its start-up checks."""
+    log = fleet.state_dir / "logs" / f"{name}.log"
+    before = log.read_text().count("consuming") if log.exists() else 0
+    fleet.start(name, cpus, **settings)
+    deadline = time.monotonic() + 60
+    while log.read_text().count("consuming") == before:
+        assert fleet.processes[name].poll() is None and time.monotonic() < deadline, \
+            tail_logs(fleet)
+        time.sleep(0.2)
+
+
+def esorex_running(recipe: str) -> bool:
+    return subprocess.run(["pgrep", "-f", f"esorex.*{recipe}"], capture_output=True,
+                          check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def submitted(infra, night):
+    """Services started, the night's subset and a corrupt file submitted."""
+    raw, _ = night
+    subset = infra["workspace"] / "submit"
+    subset.mkdir()
+    frames, _ = classify_dir(raw)
+    for f in frames:
+        if f.tag in SUBMITTED:
+            (subset / f.name).symlink_to(f.path)
+    obj = next(f for f in frames if f.tag == Tag.OBJECT)
+    (subset / "MUSE.corrupt.fits").write_bytes(Path(obj.path).read_bytes()[:2_000_000])
+    fleet: Fleet = infra["fleet"]
+    for name, cpus in (("ingest", None), ("planner", None), ("bias", [0]), ("flat", [1])):
+        fleet.start(name, cpus)
+    events = Events(infra["settings"])
+    n = submit(subset, infra["settings"], report=lambda _: None)
+    return {"events": events, "n": n, "subset": subset}
+
+
+def jobs_of(infra) -> list:
+    reg = Registry(infra["settings"].db_url)
+    try:
+        return reg.jobs()
+    finally:
+        reg.close()
+
+
+def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted, reduced):
+    fleet, events = infra["fleet"], submitted["events"]
+    # the bias worker dies (SIGKILL) in the middle of its recipe; a new one takes over
+    deadline = time.monotonic() + 300
+    while not esorex_running("muse_bias"):
+        assert time.monotonic() < deadline, tail_logs(fleet)
+        time.sleep(0.5)
+    time.sleep(3)
+    fleet.processes["bias"].send_signal(signal.SIGKILL)
+    fleet.processes["bias"].wait()
+    time.sleep(1)
+    assert not esorex_running("muse_bias"), "the recipe outlived its killed worker"
+    start_consuming(fleet, "bias", [0])
+
+    def both_done(seen):
+        done = {(e.payload.stage, e.payload.outcome) for e in seen if e.type == "job.finished"}
+        return {("bias", "succeeded"), ("flat", "succeeded")} <= done
+
+    events.wait(both_done, 600, "bias and flat job.finished", fleet)
+    jobs = {j.stage: j for j in jobs_of(infra)}
+    assert {s: j.state for s, j in jobs.items()} == {"bias": "succeeded", "flat": "succeeded"}
+
+    # every submitted file was registered, the corrupt one rejected with its reason
+    registered = [e.payload for e in events.seen if e.type == "frame.registered"]
+    assert len({r.key for r in registered}) == submitted["n"]
+    (bad,) = [r for r in registered if r.key.endswith("MUSE.corrupt.fits")]
+    assert bad.status == "rejected" and "truncated" in bad.reason
+
+    # the same jobs as `musedrp reduce`, with the same data, each product stored exactly once
+    _, out, _ = reduced
+    store: S3Store = infra["store"]
+    for stage, names in (("bias", [f"MASTER_BIAS-{IFU:02d}.fits"]),
+                         ("flat", [f"MASTER_FLAT-{IFU:02d}.fits", f"TRACE_TABLE-{IFU:02d}.fits"])):
+        local = {p.parent.name for p in products(out, stage, names[0])}
+        assert jobs[stage].key in local, f"{stage}: services and reduce planned other jobs"
+        keys = store.keys("products/")
+        for name in names:
+            mine = [k for k in keys if k.endswith(f"/{stage}/WFM-NOAO-N_SCI1.0/"
+                                                  f"{jobs[stage].key}/{name}")]
+            assert len(mine) == 1, keys
+            got = infra["workspace"] / "from-s3" / name
+            store.get_file(mine[0], got)
+            (ref,) = [p for p in products(out, stage, name) if p.parent.name == jobs[stage].key]
+            with fits.open(got) as a, fits.open(ref) as b:
+                assert len(a) == len(b)
+                for ha, hb in zip(a, b, strict=True):
+                    if ha.data is None:
+                        assert hb.data is None
+                    elif isinstance(ha, fits.BinTableHDU):
+                        assert ha.data.tobytes() == hb.data.tobytes(), name
+                    else:
+                        np.testing.assert_array_equal(ha.data, hb.data, err_msg=name)
+        manifest = store.get_json(f"{mine[0].rsplit('/', 1)[0]}/manifest.json")
+        assert manifest["job_key"] == jobs[stage].key and manifest["run"]["cpus"] in ([0], [1])
+    finished = [e for e in events.seen if e.type == "job.finished"]
+    assert len({e.correlation_id for e in finished}) == 1  # one night, one reduction
+
+
+def _bias_order(infra) -> WorkOrder:
+    (job,) = [j for j in jobs_of(infra) if j.stage == "bias"]
+    return WorkOrder.model_validate(job.order)
+
+
+def _publish_order(events: Events, order: WorkOrder) -> None:
+    events.publish(Envelope(type="work.bias", source="test", payload=order))
+
+
+def test_duplicates_change_nothing(infra, submitted):
+    events, store = submitted["events"], infra["store"]
+    keys_before = store.keys("products/")
+    jobs_before = {j.key: j.state for j in jobs_of(infra)}
+    order = _bias_order(infra)
+    arrived = next(k for k in store.keys("raw/") if "corrupt" not in k)
+    for _ in range(2):
+        _publish_order(events, order)
+        events.publish(Envelope(type="frame.arrived", source="test",
+                                payload=FrameArrived(key=arrived)))
+    events.wait(lambda _: len(events.finished(order.job_key, "cached")) >= 2, 120,
+                "two cached answers", infra["fleet"])
+    time.sleep(4)  # the planner re-plans after the quiet period
+    assert {j.key: j.state for j in jobs_of(infra)} == jobs_before
+    assert store.keys("products/") == keys_before
+    assert len(events.finished(order.job_key, "succeeded")) == 1
+
+
+def test_poison_messages_are_dead_lettered_with_the_reason(infra, submitted):
+    events = submitted["events"]
+    order = _bias_order(infra)
+    good = Envelope(type="work.bias", source="test", payload=order)
+    future = json.loads(good.encode()) | {"schema_version": 2}
+    events.publish_raw("work.bias", b"{not json")
+    events.publish_raw("work.bias", json.dumps(future).encode())
+    _publish_order(events, order)  # behind the poison: the queue keeps flowing
+    before = len(events.finished(order.job_key, "cached"))
+    events.wait(lambda _: len(events.finished(order.job_key, "cached")) > before, 120,
+                "the good order after the poison", infra["fleet"])
+    dead = events.dead("work.bias")
+    reasons = sorted(h[broker.REASON] for _, h in dead)
+    assert len(dead) == 2, reasons
+    assert "body is not JSON" in reasons[0] and "unknown schema_version 2" in reasons[1]
+    assert {body for body, _ in dead} == {b"{not json", json.dumps(future).encode()}
+
+
+def test_a_recipe_over_its_time_limit_is_retried_then_dead_lettered(infra, submitted):
+    fleet, events, store = infra["fleet"], submitted["events"], infra["store"]
+    fleet.stop("bias")
+    start_consuming(fleet, "bias", [0], timeout_s="4", retry_delays_s="1")
+    order = _bias_order(infra).model_copy(update={"job_key": "timeout" + uuid.uuid4().hex[:9]})
+    _publish_order(events, order)
+    events.wait(lambda _: events.finished(order.job_key, "failed"), 300,
+                "the timed-out job's failure", fleet)
+    (failed,) = events.finished(order.job_key, "failed")
+    assert "gave up after 2 attempts" in failed.reason and "4 s wall-clock limit" in failed.reason
+    (dead,) = [h for _, h in events.dead("work.bias")]
+    assert "wall-clock limit" in dead[broker.REASON] and dead[broker.ATTEMPT] == 2
+    kept = {k.rsplit("/", 1)[1] for k in store.keys(f"{order.product_dir}/")}
+    assert {"esorex.stdout", "error.txt", "input.sof"} <= kept and "manifest.json" not in kept
+    fleet.stop("bias")
+    start_consuming(fleet, "bias", [0])
+
+
+def test_s3_down_for_a_while_is_retried(infra, submitted):
+    fleet, events, s3 = infra["fleet"], submitted["events"], infra["s3"]
+    order = _bias_order(infra)
+    s3.stop()
+    before = len(events.finished(order.job_key, "cached"))
+    _publish_order(events, order)
+    time.sleep(4)  # attempts 1 and 2 fail on the dead endpoint
+    port = int(s3.endpoint.rsplit(":", 1)[1]) - 3
+    infra["s3"] = s3server.start(infra["workspace"] / "s3", port, s3.access_key, s3.secret_key)
+    events.wait(lambda _: len(events.finished(order.job_key, "cached")) > before, 120,
+                "the order answered once S3 is back", fleet)
+    assert not events.dead("work.bias")
+    log = (fleet.state_dir / "logs" / "bias.log").read_text()
+    assert "retrying in" in log and "unreachable" in log
+
+
+def test_services_reconnect_after_a_broker_restart(infra, submitted):
+    fleet, settings = infra["fleet"], infra["settings"]
+    submitted["events"].connection.close()
+    rabbitmqctl("stop_app")
+    time.sleep(3)
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+    events = Events(settings)
+    order = _bias_order(infra)
+    _publish_order(events, order)
+    events.wait(lambda _: events.finished(order.job_key, "cached"), 120,
+                "an answer after the broker restart", fleet)
+    assert all(p.poll() is None for p in fleet.processes.values()), tail_logs(fleet)
+    reconnected = [n for n in fleet.processes if "reconnecting" in
+                   (fleet.state_dir / "logs" / f"{n}.log").read_text()]
+    assert sorted(reconnected) == sorted(fleet.processes)
