@@ -204,6 +204,7 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
     from musedrp.frames import FITS_SUFFIXES, classify_file
     from musedrp.messages import Envelope, FrameArrived, night_correlation
     from musedrp.storage import open_store, raw_key
+    from musedrp.tags import STATIC_TAGS
 
     store = open_store(s)
     store.check()
@@ -217,8 +218,10 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
         channel.confirm_delivery()
         t0 = time.monotonic()
         for i, path in enumerate(paths, 1):
-            night = classify_file(path).night  # the observatory knows the night of a file
-            key = raw_key(night, path.name)
+            frame = classify_file(path)  # the observatory knows what a file is
+            key = (f"static/{path.name}" if frame.tag in STATIC_TAGS
+                   else raw_key(frame.night, path.name))
+            night = frame.night
             store.put_file(path, key)
             broker.publish(channel, Envelope(
                 type="frame.arrived", source="submit", correlation_id=night_correlation(night),

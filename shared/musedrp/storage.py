@@ -1,7 +1,8 @@
 """Object storage: S3 (services mode) or a local directory, behind one small interface.
 
-Keys are built here only: raw frames under ``raw/<night>/<name>``, products under the work
-order's ``products/<night>/<stage>/<setup>/<job_key>/``.  Every object carries the SHA-256 of
+Keys: raw frames under ``raw/<night>/<name>`` (static calibrations under ``static/<name>``,
+as ``musedrp submit`` puts them), products under the work order's
+``products/<night>/<stage>/<setup>/<job_key>/``.  Every object carries the SHA-256 of
 its content in its metadata and downloads are checked against it.  Header-only reads go
 through :class:`RangeReader`, which fetches byte ranges, never the whole 860 MB frame.
 """
