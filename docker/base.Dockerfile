@@ -38,6 +38,7 @@ RUN useradd --uid 10001 --no-create-home --home-dir /scratch --shell /usr/sbin/n
 # the root filesystem can be read-only: everything written goes to the /scratch volume
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/scratch \
+    TMPDIR=/scratch \
     MUSEDRP_SCRATCH=/scratch \
     MUSEDRP_GIT_SHA=${GIT_SHA} \
     MUSEDRP_METRICS_PORT=9100 \
