@@ -7,6 +7,7 @@ A work order whose manifest already exists is answered from the manifest at once
 """
 
 import errno
+import json
 import logging
 import sys
 import tempfile
@@ -57,6 +58,12 @@ class StageWorker(Handler):
                           esorex.format_cpus(self.cpus))
             result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
                                     self.cpus, Path(tmp))
+            if result.manifest.get("inputs"):  # provenance names objects, not scratch copies
+                keys = {a.path: b.path for a, b in zip(local.inputs, order.inputs, strict=True)}
+                for f in result.manifest["inputs"]:
+                    f["path"] = keys.get(f["path"], f["path"])
+                (result.directory / MANIFEST).write_text(
+                    json.dumps(result.manifest, indent=1, default=str) + "\n")
             storage.upload_dir(self.store, result.directory, order.product_dir)
             if result.error is not None:
                 raise result.error

@@ -70,8 +70,8 @@ def test_worker_runs_once_and_answers_duplicates_from_the_manifest(worker):
     assert second[0].payload.outcome == "cached"
     assert first[0].payload.products == second[0].payload.products == {
         "MASTER_BIAS-01.fits": "products/2014-08-01/bias/S/k1/MASTER_BIAS-01.fits"}
-    keys = worker.store.keys("products/")
-    assert "products/2014-08-01/bias/S/k1/manifest.json" in keys
+    manifest = worker.store.get_json("products/2014-08-01/bias/S/k1/manifest.json")
+    assert [f["path"] for f in manifest["inputs"]] == ["raw/2014-08-01/raw.fits"]
     assert all(e.correlation_id == env.correlation_id for e in first)
     assert list(worker.scratch.iterdir()) == []  # scratch cleaned
 
