@@ -143,8 +143,11 @@ class Handler:
 
 
 def fate(handler: Handler, env: Envelope, attempt: int, delays: Sequence[int],
-         interrupted: bool) -> Fate:
-    """Run the handler and map what it raised to the message's outcome (STYLE.md §8)."""
+         interrupted: Callable[[], bool]) -> Fate:
+    """Run the handler and map what it raised to the message's outcome (STYLE.md §8).
+
+    ``interrupted`` is asked after a failure: a recipe killed by a shutdown fails like any
+    other, but its message goes back to the queue instead of to the dead letters."""
     try:
         return Fate("handled", handler.handle(env, attempt))
     except Interrupted:
@@ -152,14 +155,14 @@ def fate(handler: Handler, env: Envelope, attempt: int, delays: Sequence[int],
     except NoWork as err:
         return Fate("skipped", handler.failed(env, "skipped", str(err), attempt), str(err))
     except Transient as err:
-        if interrupted:
+        if interrupted():
             return Fate("interrupted", reason=str(err))
         if attempt <= len(delays):
             return Fate("retried", reason=str(err), retry_delay_s=delays[attempt - 1])
         reason = f"gave up after {attempt} attempts: {err}"
         return Fate("failed", handler.failed(env, "failed", reason, attempt), reason)
     except Exception as err:  # DataError, or a bug: either way this message cannot succeed
-        if interrupted:
+        if interrupted():
             return Fate("interrupted", reason=str(err))
         if not isinstance(err, DataError):
             log.exception("unexpected error handling %s", env.type)
@@ -175,7 +178,6 @@ class Consumer:
         self.stopping = False  # first SIGTERM: finish the running message, then exit
         self.interrupted = False  # second signal: kill the recipe, requeue, exit
         self._job: threading.Thread | None = None
-        self._done: Fate | None = None
 
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: Any) -> None:
@@ -221,7 +223,7 @@ class Consumer:
     def _wait_for_job(self) -> None:
         if self._job is not None:
             self._job.join()
-        self._job, self._done = None, None
+        self._job = None
 
     def _serve(self, connection: pika.BlockingConnection) -> None:
         channel = connection.channel()
@@ -277,7 +279,7 @@ class Consumer:
                      **({"job_key": env.payload.job_key} if hasattr(env.payload, "job_key")
                         else {})})
         result = fate(self.handler, env, attempt, self.settings.retry_delays_s,
-                      self.interrupted)
+                      lambda: self.interrupted)
 
         def settle() -> None:
             try:

@@ -40,7 +40,7 @@ class Raising(Handler):
     (Interrupted(), 1, "interrupted", 0),
 ])
 def test_each_error_has_one_outcome(error, attempt, outcome, events):
-    result = fate(Raising(error), ENV, attempt, DELAYS, interrupted=False)
+    result = fate(Raising(error), ENV, attempt, DELAYS, interrupted=lambda: False)
     assert (result.outcome, len(result.events)) == (outcome, events)
     if outcome == "retried":
         assert result.retry_delay_s == DELAYS[attempt - 1]
@@ -49,8 +49,15 @@ def test_each_error_has_one_outcome(error, attempt, outcome, events):
 
 
 def test_an_error_after_a_shutdown_request_requeues():
-    assert fate(Raising(DataError("killed")), ENV, 1, DELAYS, interrupted=True).outcome == \
-        "interrupted"
+    stop = []
+
+    class KilledByShutdown(Handler):
+        def handle(self, env, attempt):
+            stop.append(True)  # the second signal arrives while the recipe runs
+            raise DataError("muse_bias exited with -9")
+
+    assert fate(KilledByShutdown(), ENV, 1, DELAYS, interrupted=lambda: bool(stop)).outcome \
+        == "interrupted"
 
 
 class Channel:
