@@ -7,7 +7,6 @@ A work order whose manifest already exists is answered from the manifest at once
 """
 
 import errno
-import json
 import logging
 import sys
 import tempfile
@@ -57,13 +56,7 @@ class StageWorker(Handler):
             self.log.info("%s: running %s on CPUs %s", order, order.recipe,
                           esorex.format_cpus(self.cpus))
             result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
-                                    self.cpus, Path(tmp))
-            if result.manifest.get("inputs"):  # provenance names objects, not scratch copies
-                keys = {a.path: b.path for a, b in zip(local.inputs, order.inputs, strict=True)}
-                for f in result.manifest["inputs"]:
-                    f["path"] = keys.get(f["path"], f["path"])
-                (result.directory / MANIFEST).write_text(
-                    json.dumps(result.manifest, indent=1, default=str) + "\n")
+                                    self.cpus, Path(tmp), [f.path for f in order.inputs])
             storage.upload_dir(self.store, result.directory, order.product_dir)
             if result.error is not None:
                 raise result.error
@@ -84,12 +77,13 @@ class StageWorker(Handler):
     def _events(self, env: Envelope, order: WorkOrder, manifest: dict[str, Any], outcome: str,
                 attempt: int) -> list[Envelope]:
         run = manifest.get("run", {})
+        cpu_s = run["cpu_user_s"] + run["cpu_sys_s"] if run else None
         result = runner.JobResult(order, outcome, Path(), manifest=manifest)
         qc = runner.headline_qc(self.spec, result)
         keys = {name: f"{order.product_dir}/{name}" for name in result.products}
         if outcome == "succeeded":
             metrics.RECIPE_DURATION.labels(self.name).observe(run["wall_s"])
-            metrics.RECIPE_CPU.labels(self.name).inc(run["cpu_user_s"] + run["cpu_sys_s"])
+            metrics.RECIPE_CPU.labels(self.name).inc(cpu_s)
             metrics.PEAK_RSS.labels(self.name).set(run["peak_rss_bytes"])
             metrics.RECIPE_WARNINGS.labels(self.name).inc(run["n_warnings"])
             for key, value in qc.items():
@@ -99,7 +93,7 @@ class StageWorker(Handler):
         finished = JobFinished(
             job_key=order.job_key, stage=order.stage, night=order.night, ifu=order.ifu,
             outcome=outcome, products=keys, qc=qc, wall_s=run.get("wall_s"),
-            cpu_s=run and run["cpu_user_s"] + run["cpu_sys_s"] or None,
+            cpu_s=cpu_s,
             peak_rss_bytes=run.get("peak_rss_bytes"), cpus=tuple(run.get("cpus", ())),
             attempt=attempt)
         created = [ProductCreated(job_key=order.job_key, stage=order.stage, ifu=order.ifu,

@@ -32,7 +32,7 @@ from musedrp.errors import BadMessage, ConfigError, DataError, Interrupted, NoWo
 from musedrp.logs import CONTEXT
 from musedrp.messages import Envelope, decode
 from musedrp.settings import Settings
-from musedrp.topology import DEAD_EXCHANGE, EXCHANGE, Queue, queues
+from musedrp.topology import DEAD_EXCHANGE, EXCHANGE, Queue, queue, queues
 
 log = logging.getLogger("musedrp.broker")
 
@@ -105,13 +105,13 @@ def publish(channel, env: Envelope, routing_key: str | None = None) -> None:
 
 
 def _republish(channel, exchange: str, routing_key: str, body: bytes, properties,
-               **headers: Any) -> None:
-    """The original body, with headers added: to a delay queue or a dead-letter queue."""
+               headers: dict[str, Any]) -> None:
+    """The original body and properties with ``headers``: to a delay, dead-letter or (replayed)
+    work queue."""
     props = pika.BasicProperties(
         delivery_mode=pika.DeliveryMode.Persistent, content_type=properties.content_type,
         type=properties.type, message_id=properties.message_id,
-        correlation_id=properties.correlation_id,
-        headers={**(properties.headers or {}), **headers})
+        correlation_id=properties.correlation_id, headers=headers)
     channel.basic_publish(exchange, routing_key, body, properties=props, mandatory=True)
 
 
@@ -294,19 +294,20 @@ class Consumer:
                         "redeliver it", env.type, err)
 
     def _settle(self, channel, delivery_tag: int, body: bytes, properties, result: Fate) -> None:
-        q, attempt = self.queue, int((properties.headers or {}).get(ATTEMPT, 1))
+        q, headers = self.queue, properties.headers or {}
+        attempt = int(headers.get(ATTEMPT, 1))
         for env in result.events:
             publish(channel, env)
         if result.outcome == "retried":
             log.warning("attempt %d failed (%s); retrying in %d s", attempt, result.reason,
                         result.retry_delay_s)
             _republish(channel, "", q.delay(result.retry_delay_s), body, properties,
-                       **{ATTEMPT: attempt + 1, REASON: result.reason[:1000]})
+                       {**headers, ATTEMPT: attempt + 1, REASON: result.reason[:1000]})
             metrics.RETRIES.labels(q.name).inc()
         elif result.outcome in ("failed", "rejected"):
             log.error("dead-lettering to %s: %s", q.dead, result.reason)
             _republish(channel, DEAD_EXCHANGE, q.dead, body, properties,
-                       **{ATTEMPT: attempt, REASON: result.reason[:4000]})
+                       {**headers, ATTEMPT: attempt, REASON: result.reason[:4000]})
             metrics.DEAD_LETTERS.labels(q.name, result.outcome).inc()
         if result.outcome == "interrupted":
             channel.basic_nack(delivery_tag, requeue=True)
@@ -319,9 +320,10 @@ def replay(s: Settings, queue_name: str) -> list[str]:
     """Move every dead letter of ``queue_name`` back to it, attempts reset; returns the
     reasons they died with.  For use once the cause is fixed (a new recipe, a repaired file).
     """
-    q = next((q for q in queues() if q.name == queue_name), None)
-    if q is None:
-        raise ConfigError(f"no queue {queue_name!r}; one of {', '.join(x.name for x in queues())}")
+    try:
+        q = queue(queue_name)
+    except KeyError as err:
+        raise ConfigError(err.args[0]) from None
     connection = connect(s)
     reasons = []
     try:
@@ -334,10 +336,7 @@ def replay(s: Settings, queue_name: str) -> list[str]:
             headers = dict(properties.headers or {})
             reasons.append(str(headers.pop(REASON, "?")))
             headers.pop(ATTEMPT, None)
-            channel.basic_publish("", q.name, body, mandatory=True, properties=pika.BasicProperties(
-                delivery_mode=pika.DeliveryMode.Persistent, content_type=properties.content_type,
-                type=properties.type, message_id=properties.message_id,
-                correlation_id=properties.correlation_id, headers=headers))
+            _republish(channel, "", q.name, body, properties, headers)
             channel.basic_ack(method.delivery_tag)
     finally:
         connection.close()

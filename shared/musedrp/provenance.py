@@ -32,13 +32,18 @@ def git_sha() -> str:
     return out.stdout.strip() or "unknown"
 
 
-@functools.cache
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's content, read in 4 MB chunks."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return h.hexdigest()
+
+
+@functools.cache
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    return "sha256:" + file_sha256(Path(path))
 
 
 def checksum(f: InputFile) -> str:

@@ -71,12 +71,15 @@ def execute(
     out_root: Path,
     cpus: Sequence[int],
     scratch_root: Path | None = None,
+    origins: Sequence[str] | None = None,
 ) -> JobResult:
     """Run ``order`` unless its manifest exists; commit products, logs and manifest.
 
     Products are moved into place first and ``manifest.json`` is written last, so a crash
     leaves no manifest and the next run recomputes.  A failed job keeps its esorex log and
-    an ``error.txt`` beside where its products would be.
+    an ``error.txt`` beside where its products would be.  ``origins`` names where each input
+    came from, for the manifest, when the order's paths are local copies (object keys in
+    services mode).
     """
     final = out_root / order.product_dir
     if (manifest := provenance.read_manifest(final)) is not None:
@@ -84,9 +87,10 @@ def execute(
     final.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{order.job_key}-", dir=scratch_root))
     try:
-        inputs = [{"tag": f.tag, "name": Path(f.path).name, "path": f.path,
+        inputs = [{"tag": f.tag, "name": Path(f.path).name, "path": origin,
                    "checksum": provenance.checksum(f), "job_key": f.job_key}
-                  for f in order.inputs]
+                  for f, origin in zip(order.inputs, origins or [f.path for f in order.inputs],
+                                       strict=True)]
         try:
             result = compute_fn(order, workdir, cpus)
         except MusedrpError as err:

@@ -92,12 +92,7 @@ class Fleet:
         p = self.processes.pop(name)
         if p.poll() is None:
             p.send_signal(sig)
-            try:
-                p.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        return p.returncode
+        return _reap(p, timeout_s)
 
     def stop_all(self, timeout_s: float = 60.0) -> None:
         """SIGTERM to all at once (each finishes its message), then wait for each."""
@@ -106,12 +101,16 @@ class Fleet:
                 p.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for name in list(self.processes):
-            p = self.processes.pop(name)
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            _reap(self.processes.pop(name), max(0.1, deadline - time.monotonic()))
+
+
+def _reap(p: subprocess.Popen, timeout_s: float) -> int:
+    """Wait for a signalled process; kill it if it takes longer than ``timeout_s``."""
+    try:
+        return p.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        return p.wait()
 
 
 def prepare(state_dir: Path) -> tuple[dict[str, str], s3server.S3Server | None]:

@@ -63,7 +63,8 @@ def main(name: str, queue_name: str,
         consumer.install_signal_handlers()
         metrics.BUILD.labels(musedrp.__version__, git_sha(), _pipeline()).set(1)
         metrics.serve(settings.metrics_port)
-        log.info("started: queue %s, metrics on :%s", queue_name, settings.metrics_port or "-")
+        log.info("started: queue %s, metrics on :%s, settings %s", queue_name,
+                 settings.metrics_port or "-", settings.public())
         consumer.run()
     except ConfigError as err:
         log.critical("%s", err)

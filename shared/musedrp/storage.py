@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from musedrp.errors import ConfigError, DataError, Transient
-from musedrp.provenance import MANIFEST
+from musedrp.provenance import MANIFEST, file_sha256
 
 SHA_META = "sha256"
 HEADER_BUFFER = 64 * 1024  # one ranged GET per extension header, typically
@@ -23,14 +23,6 @@ HEADER_BUFFER = 64 * 1024  # one ranged GET per extension header, typically
 
 def raw_key(night: str, name: str) -> str:
     return f"raw/{night or 'unknown'}/{name}"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ObjectStore(Protocol):

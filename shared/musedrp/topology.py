@@ -83,5 +83,8 @@ def queues() -> tuple[Queue, ...]:
 
 
 def queue(name: str) -> Queue:
-    (q,) = [q for q in queues() if q.name == name]
-    return q
+    """The queue called ``name``; KeyError naming the ones that exist."""
+    found = {q.name: q for q in queues()}
+    if name not in found:
+        raise KeyError(f"no queue {name!r}; one of {', '.join(found)}")
+    return found[name]
