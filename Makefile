@@ -16,13 +16,14 @@ DEMO_RAW  := $(DEMO_DIR)/raw-ifus$(DEMO_IFUS)-seed$(DEMO_SEED)
 
 setup: system $(STAMP)
 
-# the real ESO pipeline, and promtool (Debian's prometheus) for the alert rules' tests
+# the real ESO pipeline; promtool (Debian's prometheus) for the alert rules' tests; Chromium
+# and its driver for the QC report's test
 system:
 	@if ! command -v esorex >/dev/null || ! esorex --recipes 2>/dev/null | grep -q muse_bias \
-	    || ! command -v promtool >/dev/null; then \
-		echo "installing esorex, cpl-plugin-muse and prometheus (Debian)"; \
+	    || ! command -v promtool >/dev/null || ! command -v chromedriver >/dev/null; then \
+		echo "installing esorex, cpl-plugin-muse, prometheus, chromium (Debian)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq esorex cpl-plugin-muse \
-			prometheus; \
+			prometheus chromium chromium-driver; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -36,6 +37,7 @@ run: setup
 	@if [ ! -f $(DEMO_RAW)/truth.json ]; then \
 		$(BIN)/musedrp simulate $(DEMO_RAW) --ifus $(DEMO_IFUS) --seed $(DEMO_SEED); fi
 	$(BIN)/musedrp reduce $(DEMO_RAW) -o $(DEMO_DIR)/reduced
+	$(BIN)/musedrp report $(DEMO_DIR)/reduced
 
 test: setup
 	$(BIN)/ruff check shared services tests benchmarks
@@ -44,8 +46,10 @@ test: setup
 lint: setup
 	$(BIN)/ruff check shared services tests benchmarks
 
+# each writes benchmarks/results/<name>.{md,json,png}; together about 55 min on 2 cores
+BENCHMARKS ?= overhead pinning fanout memory_models ingest_planning
 bench: setup
-	$(BIN)/python benchmarks/bias_flat.py
+	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 # container images, where an engine runs (none does on the build machines: CI lints them)
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)

@@ -19,8 +19,9 @@ SPEC = StageSpec(
     products=(Product(Tag.MASTER_BIAS),),
     params=BiasParams,
     per_ifu=True,
-    # measured (benchmarks/results/bias_flat.md): 0.91 GB for 3 frames ... 2.52 GB for 11
-    memory=MemoryModel(base_gb=0.32, per_frame_gb=0.2),
+    # measured (benchmarks/results/memory_models.md): 0.91 GB for 3 frames ... 2.52 GB for 11;
+    # the least-squares line is 0.301 + 0.2022 x frames, declared a little above it
+    memory=MemoryModel(base_gb=0.32, per_frame_gb=0.203),
     timeout_s=1200.0,
     qc={Tag.MASTER_BIAS: (r"QC BIAS MASTER\d RON", r"QC BIAS LEVEL\d MEAN",
                           r"QC BIAS MASTER NBADPIX")},

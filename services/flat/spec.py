@@ -31,8 +31,9 @@ SPEC = StageSpec(
               Product(Tag.TRACE_SAMPLES, when="samples")),
     params=FlatParams,
     per_ifu=True,
-    # measured (benchmarks/results/bias_flat.md): 2.52 GB for 11 frames plus the master bias
-    memory=MemoryModel(base_gb=0.32, per_frame_gb=0.2),
+    # measured (benchmarks/results/memory_models.md): as muse_bias, 0.91 GB for 3 frames plus
+    # the master bias ... 2.52 GB for 11
+    memory=MemoryModel(base_gb=0.32, per_frame_gb=0.203),
     timeout_s=1800.0,
     qc={Tag.MASTER_FLAT: (r"QC FLAT MASTER (MEDIAN|INTFLUX)",),
         Tag.TRACE_TABLE: (r"QC TRACE WIDTHS (MEDIAN|MIN|MAX)", r"QC TRACE GAPS MEDIAN")},

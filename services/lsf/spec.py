@@ -38,8 +38,9 @@ SPEC = StageSpec(
     products=(Product(Tag.LSF_PROFILE), Product(Tag.PIXTABLE_SUBTRACTED, when="save_subtracted")),
     params=LsfParams,
     per_ifu=True,
-    # measured: 1.65 GB peak with 15 full-size arcs of one IFU, 72 s
-    memory=MemoryModel(base_gb=0.4, per_frame_gb=0.084),
+    # measured (benchmarks/results/memory_models.md): 1.32, 1.32, 1.65 GB with 3, 9, 15 arcs
+    # of one IFU (a fixed ~1.3 GB, then the arcs' combination as in wavecal); a line above all
+    memory=MemoryModel(base_gb=1.26, per_frame_gb=0.027),
     timeout_s=1800.0,
     qc={Tag.LSF_PROFILE: ()},
 )

@@ -55,6 +55,7 @@ SPEC = StageSpec(
     # measured: 3.10 GB, 124 s for 3 IFUs with skymethod=simple (1.88 GB with none, MUSE.md)
     memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=1.0),
     timeout_s=3600.0,
+    multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC SCIPOST \w+",)},
     deviations=("save", "skymethod"),
 )

@@ -38,6 +38,7 @@ SPEC = StageSpec(
     # measured: 1.93 GB, 66 s for 3 IFUs (0.66 GB for 1 IFU, MUSE.md §7.4)
     memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=0.62),
     timeout_s=3600.0,
+    multicore=True,
     qc={Tag.STD_RESPONSE: (r"QC STANDARD THRU\d+",), Tag.STD_FLUXES: ()},
     deviations=("filter",),
 )

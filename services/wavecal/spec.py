@@ -40,8 +40,9 @@ SPEC = StageSpec(
               Product(Tag.ARC_RED_LAMP, when="saveimages")),
     params=WavecalParams,
     per_ifu=True,
-    # measured: 1.65 GB peak with 15 full-size arcs of one IFU, 52 s
-    memory=MemoryModel(base_gb=0.4, per_frame_gb=0.084),
+    # measured (benchmarks/results/memory_models.md): 0.84, 1.24, 1.65 GB with 3, 9, 15 arcs
+    # of one IFU; the line is 0.638 + 0.0674 x arcs, declared a little above it
+    memory=MemoryModel(base_gb=0.66, per_frame_gb=0.068),
     # a healthy run takes about a minute; a catalogue that does not match the arcs makes
     # the recipe loop forever (MUSE.md §7.3): the timeout turns that into a failure
     timeout_s=900.0,

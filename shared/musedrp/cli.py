@@ -1,6 +1,7 @@
 """``musedrp simulate | plan | reduce``: the whole system on one machine, no servers."""
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -77,6 +78,7 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     plan = _plan(args, out)
     (out / "plan.txt").write_text(report.plan_text(plan, args.raw_dir))
+    (out / "plan.json").write_text(json.dumps(report.plan_record(plan, args.raw_dir), indent=1))
     cpus = sorted(os.sched_getaffinity(0))[: args.cpus] if args.cpus else sorted(
         os.sched_getaffinity(0))
     memory = memory_budget(args)
@@ -92,9 +94,21 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     print()
     print("\n".join(report.run_summary(results, out, time.monotonic() - t0)))
     print(f"Products under {out / 'products'}; registry {registry.engine.url}")
+    print(f"QC report: musedrp report {out}")
     registry.close()
     failed = [r for r in results.values() if r.outcome not in ("succeeded", "cached")]
     return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from musedrp import qcreport
+
+    try:
+        path = qcreport.write(args.out_dir, args.html)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
+    print(f"wrote {path}")
+    return 0
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -200,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--scratch", type=Path, default=None,
                            help="scratch directory for recipe runs (default: system temp)")
         c.set_defaults(func=cmd_plan if name == "plan" else cmd_reduce)
+
+    c = sub.add_parser("report", help="write a self-contained HTML QC report of a reduction")
+    c.add_argument("out_dir", type=Path, help="the output directory of `musedrp reduce`")
+    c.add_argument("--html", type=Path, default=None, help="default OUT_DIR/report.html")
+    c.set_defaults(func=cmd_report)
 
     from musedrp.serve import SERVICES
 

@@ -165,7 +165,8 @@ def _die_with_parent() -> None:
 
 def _child_env(workdir: Path, threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
-    env["OMP_NUM_THREADS"] = str(threads)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["HOME"] = str(workdir)  # no user-level ~/.esorex configuration
     return env
 
@@ -196,8 +197,12 @@ def run_recipe(
     cpus: Sequence[int],
     timeout_s: float,
     esorex: str | None = None,
+    threads: int | None = None,
 ) -> RecipeRun:
     """Run ``esorex recipe args sof`` and return what happened; raises only on timeout.
+
+    The recipe runs on ``cpus`` (``taskset``) with ``OMP_NUM_THREADS`` = ``threads``, by
+    default the size of the CPU set; 0 leaves it unset (used by the pinning benchmark).
 
     The caller decides what a non-zero exit or missing products mean (see ``check``).
 
@@ -214,6 +219,7 @@ def run_recipe(
         shutil.rmtree(outdir)  # a previous attempt's leftovers must not count as products
     outdir.mkdir()
     sof_path = write_sof(sof, workdir)
+    threads = len(cpus) if threads is None else threads
     command = [
         "taskset", "--cpu-list", format_cpus(cpus),
         esorex or esorex_path(), f"--recipe-dir={RECIPE_DIR}",
@@ -225,7 +231,7 @@ def run_recipe(
     with (workdir / STDOUT_FILE).open("wb") as out:
         proc = subprocess.Popen(  # noqa: S603 - argument list built here, never a shell
             command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, env=_child_env(workdir, len(cpus)),
+            stderr=subprocess.STDOUT, env=_child_env(workdir, threads),
             start_new_session=True, preexec_fn=_die_with_parent)
     with _active_lock:
         _active.add(proc.pid)
@@ -257,7 +263,7 @@ def run_recipe(
     run = RecipeRun(
         recipe=recipe, command=command, returncode=proc.returncode, wall_s=round(wall, 3),
         cpu_user_s=round(usage.ru_utime, 3), cpu_sys_s=round(usage.ru_stime, 3),
-        peak_rss_bytes=usage.ru_maxrss * 1024, cpus=sorted(cpus), omp_num_threads=len(cpus),
+        peak_rss_bytes=usage.ru_maxrss * 1024, cpus=sorted(cpus), omp_num_threads=threads,
         timed_out=timed_out, errors=errors, warnings=warnings, versions=versions,
         products=sorted(outdir.glob("*.fits")), log_path=log_path if log_path.exists() else None,
     )

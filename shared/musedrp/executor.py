@@ -1,5 +1,7 @@
-"""Embedded mode: run work orders on this machine, one pinned core per job, within a memory
-budget, each job as soon as the jobs it needs have succeeded."""
+"""Embedded mode: run work orders on this machine, within a memory budget, each job as soon
+as the jobs it needs have succeeded, pinned to one core (a second gains nothing for the
+per-IFU recipes) or, for a stage that uses more, to every core free when it starts
+(``StageSpec.multicore``; benchmarks/results/pinning.md and fanin_threads.md)."""
 
 import time
 import traceback
@@ -62,10 +64,10 @@ class LocalExecutor:
         self.heartbeat_s = heartbeat_s
         self.stage_for = stage_for or (lambda name: (BY_NAME[name].spec, BY_NAME[name].compute()))
 
-    def _execute(self, order: WorkOrder, cpu: int) -> JobResult:
+    def _execute(self, order: WorkOrder, cpus: list[int]) -> JobResult:
         try:
             spec, compute = self.stage_for(order.stage)
-            return runner.execute(order, spec, compute, self.out_root, [cpu], self.scratch)
+            return runner.execute(order, spec, compute, self.out_root, cpus, self.scratch)
         except Exception as err:  # a bug: report it as this job's failure, keep the rest going
             directory = self.out_root / order.product_dir
             reason = f"internal error: {err!r}\n{traceback.format_exc()}"
@@ -95,7 +97,7 @@ class LocalExecutor:
         pending = sorted(orders, key=lambda o: waiting[o.job_key], reverse=True)
         free = sorted(self.cpus)
         mem_in_use = 0.0
-        running: dict[Future[JobResult], tuple[WorkOrder, int]] = {}
+        running: dict[Future[JobResult], tuple[WorkOrder, list[int]]] = {}
         total, t0, last_beat = len(orders), time.monotonic(), time.monotonic()
         if self.registry:
             self.registry.record_orders(orders)
@@ -124,20 +126,20 @@ class LocalExecutor:
                         ready = all(results.get(n) and results[n].outcome in OK for n in o.needs)
                         if ready and free and mem_in_use + o.memory_gb <= self.memory_gb:
                             pending.remove(o)
-                            cpu = free.pop(0)
+                            n = len(free) if self.stage_for(o.stage)[0].multicore else 1
+                            cpus, free = free[:n], free[n:]
                             mem_in_use += o.memory_gb
                             if self.registry:
                                 self.registry.set_state(o.job_key, "running")
-                            running[pool.submit(self._execute, o, cpu)] = (o, cpu)
+                            running[pool.submit(self._execute, o, cpus)] = (o, cpus)
                     if not running:
                         if pending:  # nothing can start and nothing will finish: a planning bug
                             raise RuntimeError(f"deadlock: {len(pending)} job(s) cannot start")
                         break
                     finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                     for fut in finished:
-                        o, cpu = running.pop(fut)
-                        free.append(cpu)
-                        free.sort()
+                        o, cpus = running.pop(fut)
+                        free = sorted(free + cpus)
                         mem_in_use -= o.memory_gb
                         settle(fut.result())
                     if not finished and time.monotonic() - last_beat > self.heartbeat_s:

@@ -96,6 +96,7 @@ class Plan:
     notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     decisions: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)  # of the orders
 
     def note(self, frame: Frame, reason: str) -> None:
         if reason not in self.notes[frame.path]:
@@ -112,7 +113,8 @@ class Plan:
         return "unused", [UNUSED.get(frame.tag, "no stage uses this frame")]
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> None:
-        if order.job_key not in {o.job_key for o in self.orders}:
+        if order.job_key not in self.keys:
+            self.keys.add(order.job_key)
             self.orders.append(order)
         for f in frames:
             self.used[f.path].add(order.job_key)

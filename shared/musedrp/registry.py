@@ -113,6 +113,13 @@ class ProductRow(Base):
     qc: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+def _in(session: Session, query, column, values: list, chunk: int = 500) -> list:
+    """``query`` restricted to rows whose ``column`` is among ``values``, in chunks (one
+    query per 500 values instead of one per row: planning a year re-records ~70 000 jobs)."""
+    return [row for i in range(0, len(values), chunk)
+            for row in session.scalars(query.where(column.in_(values[i:i + chunk])))]
+
+
 class Registry:
     """A thin, typed layer over the three tables; every method is one transaction."""
 
@@ -134,14 +141,22 @@ class Registry:
         return cls(url or f"sqlite:///{(out / 'registry.sqlite').resolve()}")
 
     def record_frames(self, frames: Iterable[Frame], statuses: dict[str, tuple[str, str]]) -> None:
+        frames = list(frames)
         with Session(self.engine) as s, s.begin():
+            rows = {r.path: r for r in _in(s, select(FrameRow), FrameRow.path,
+                                           [f.path for f in frames])}
             for f in frames:
                 status, reason = statuses.get(f.path, ("", f.reason))
-                s.merge(FrameRow(
-                    path=f.path, name=f.name, arcfile=f.arcfile, tag=f.tag and str(f.tag),
+                values = dict(
+                    name=f.name, arcfile=f.arcfile, tag=f.tag and str(f.tag),
                     setup=f.setup.key if f.setup else "", night=f.night, mjd=f.mjd,
                     tpl_start=f.tpl_start, status=status, reason=reason,
-                    frame=f.model_dump(mode="json")))
+                    frame=f.model_dump(mode="json"))
+                if (row := rows.get(f.path)) is None:
+                    s.add(FrameRow(path=f.path, **values))
+                else:
+                    for k, v in values.items():
+                        setattr(row, k, v)
 
     def load_frames(self) -> list[Frame]:
         """Every registered frame, as classified: what the planner plans from."""
@@ -151,9 +166,12 @@ class Registry:
 
     def record_orders(self, orders: Iterable[WorkOrder]) -> None:
         """Add planned jobs; a job already known keeps its state (re-planning is harmless)."""
+        orders = list(orders)
         with Session(self.engine) as s, s.begin():
+            known = set(_in(s, select(JobRow.key), JobRow.key, [o.job_key for o in orders]))
             for o in orders:
-                if s.get(JobRow, o.job_key) is None:
+                if o.job_key not in known:
+                    known.add(o.job_key)
                     s.add(JobRow(key=o.job_key, stage=o.stage, night=o.night, setup=o.setup,
                                  ifu=o.ifu, order=o.model_dump(mode="json")))
 

@@ -41,6 +41,18 @@ def plan_text(plan: Plan, raw_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plan_record(plan: Plan, raw_dir: Path) -> dict:
+    """The plan as data (``OUT/plan.json``), for ``musedrp report``."""
+    return {
+        "raw_dir": str(raw_dir), "decisions": plan.decisions,
+        "orders": [o.model_dump(mode="json") for o in plan.orders],
+        "frames": [{"name": f.name, "tag": str(f.tag or ""), "night": f.night,
+                    "status": status, "why": why}
+                   for f in sorted(plan.frames, key=lambda f: (f.mjd, f.name))
+                   for status, why in [plan.status(f)]],
+    }
+
+
 def frame_summary(plan: Plan) -> list[str]:
     """Frame counts by status, with the reasons grouped."""
     by_status: dict[str, Counter[str]] = defaultdict(Counter)

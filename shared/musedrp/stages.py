@@ -93,6 +93,9 @@ class StageSpec:
     timeout_s: float
     qc: dict[Tag, tuple[str, ...]]  # headline QC keys (regular expressions) per product
     deviations: tuple[str, ...] = ()  # parameters whose default differs from the man page
+    # the recipe uses more than one core (benchmarks/results/fanin_threads.md: muse_standard
+    # and muse_scipost 1.8x faster on 2 cores; per-IFU recipes and twilight gain nothing)
+    multicore: bool = False
 
     def raw_min(self) -> int:
         return max((i.min_count for i in self.inputs if i.raw), default=1)

@@ -23,11 +23,11 @@ def fake(tmp_path, monkeypatch):
     # the fake is a Python script: make sure it finds this interpreter's astropy
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
 
-    def run(mode="ok", cpus=(0,), timeout=30.0):
+    def run(mode="ok", cpus=(0,), timeout=30.0, threads=None):
         monkeypatch.setenv("FAKE_ESOREX_MODE", mode)
         work = tmp_path / "work"
         result = esorex.run_recipe("muse_bias", [esorex.SofEntry(raw, Tag.BIAS)], ["--nifu=1"],
-                                   work, list(cpus), timeout, esorex=str(FAKE))
+                                   work, list(cpus), timeout, esorex=str(FAKE), threads=threads)
         return result, json.loads((work / "probe.json").read_text())
     return run
 
@@ -40,6 +40,14 @@ def test_affinity_and_threads_reach_the_child(fake, monkeypatch):
     assert probe["env"]["OMP_NUM_THREADS"] == "1"
     assert "MUSE_DEBUG_IGNORE_READOUT" not in probe["env"]
     assert (run.cpus, run.omp_num_threads) == ([0], 1)
+
+
+def test_threads_can_be_set_or_left_to_openmp(fake, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    run, probe = fake(cpus=[0], threads=4)
+    assert (probe["env"]["OMP_NUM_THREADS"], run.omp_num_threads) == ("4", 4)
+    run, probe = fake(cpus=[0], threads=0)  # unset: OpenMP sizes itself to the CPU set
+    assert "OMP_NUM_THREADS" not in probe["env"] and run.omp_num_threads == 0
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to")

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def make_order(key, stage, ifu, raw, memory=2.5, needs=()):
 
 
 def executor(tmp_path, compute, cpus=4, memory=10.0):
-    specs = {"bias": BIAS, "flat": FLAT}
+    specs = {"bias": BIAS, "flat": FLAT, "scipost": replace(FLAT, multicore=True)}
     return LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
                          scratch=tmp_path, stage_for=lambda name: (specs[name], compute))
 
@@ -92,6 +93,18 @@ def test_flat_starts_when_its_own_bias_is_done(tmp_path, raw):
     assert compute.started["f1"] >= compute.ended["b1"]
     assert compute.started["f1"] < compute.ended["b2"]
     assert compute.started["f2"] >= compute.ended["b2"]
+
+
+def test_a_multicore_stage_takes_every_free_core(tmp_path, raw):
+    compute = FakeCompute(durations={"b1": 0.3, "b2": 0.3, "s1": 0.3, "s2": 0.3})
+    orders = [make_order("b1", "bias", 1, raw), make_order("b2", "bias", 2, raw),
+              make_order("s1", "scipost", 1, raw),
+              make_order("s2", "scipost", 2, raw, needs=["b1", "b2", "s1"])]
+    results = executor(tmp_path, compute, cpus=3).run(orders)
+    cpus = {k: r.manifest["run"]["cpus"] for k, r in results.items()}
+    assert len(cpus["b1"]) == len(cpus["b2"]) == 1  # per-IFU: one core each
+    assert len(cpus["s1"]) == 1  # started beside the biases: the one core left
+    assert cpus["s2"] == [0, 1, 2]  # alone: all three
 
 
 def test_failure_skips_downstream_and_the_rest_goes_on(tmp_path, raw):

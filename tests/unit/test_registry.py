@@ -56,3 +56,20 @@ def test_unknown_state_and_job_are_errors(db_url):
 def test_registry_is_persistent(db_url):
     Registry(db_url).record_orders([order("job1")])
     assert [j.key for j in Registry(db_url).jobs()] == ["job1"]
+
+
+def test_re_recording_updates_frames_and_adds_only_new_jobs(db_url, make_frame):
+    """Both are done in chunks of 500 keys: more than one chunk, and a key twice in one call."""
+    reg = Registry(db_url)
+    frame = classify_file(make_frame())
+    reg.record_frames([frame], {frame.path: ("registered", "")})
+    reg.record_frames([frame], {frame.path: ("used", "job1")})
+    (row,) = reg.frames()
+    assert (row.status, row.reason) == ("used", "job1")
+    reg.record_orders([order(f"k{i}") for i in range(700)] + [order("k3")])
+    reg.set_state("k650", "succeeded")
+    reg.record_orders([order(f"k{i}") for i in range(1200)])
+    jobs = reg.jobs()
+    assert len(jobs) == 1200 and len({j.key for j in jobs}) == 1200
+    assert [j.key for j in jobs if j.state == "succeeded"] == ["k650"]
+    reg.close()

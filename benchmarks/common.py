@@ -1,0 +1,134 @@
+"""What every benchmark shares: simulated frames, a sampler of running recipes, and results
+written as ``results/<name>.{md,json,png}`` with the command and machine that produced them."""
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from datetime import date
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from musedrp import esorex  # noqa: E402
+from musedrp.simulate import night  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+NIGHT = date(2014, 8, 1)
+
+
+def exposures(kind: str, n: int) -> list[night.Exposure]:
+    """The simulated night's first ``n`` exposures of ``kind`` in science read-out mode."""
+    found = [e for e in night.schedule(NIGHT) if e.kind == kind and e.readout[0] == "SCI1.0"]
+    if len(found) < n:
+        raise SystemExit(f"the simulated night has only {len(found)} {kind} frames")
+    return found[:n]
+
+
+def write_frames(kind: str, n: int, ifus: Sequence[int], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    return [night.write_exposure(e, ifus, 1, out) for e in exposures(kind, n)]
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (f"{os.cpu_count()} x {model}, {mem_gb:.0f} GiB, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, MUSE pipeline "
+            f"{esorex.pipeline_version()}")
+
+
+def command() -> str:
+    return " ".join([".venv/bin/python", *sys.argv])
+
+
+def write_results(name: str, title: str, notes: Iterable[str], header: Sequence[str],
+                  rows: Iterable[Sequence[object]], data: dict, fig=None) -> str:
+    """Markdown table + JSON (+ PNG) under results/; returns the markdown."""
+    RESULTS.mkdir(exist_ok=True)
+    lines = [f"# {title}", "", f"Command: `{command()}`  ",
+             f"Date: {date.today()}; machine: {machine()}.", "", *notes, "",
+             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    if fig is not None:
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"{name}.png", dpi=90)
+        lines += ["", f"![{title}]({name}.png)"]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps(
+        {"command": command(), "date": str(date.today()), "machine": machine(), **data},
+        indent=1, default=str))
+    return text
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+class RecipeSampler:
+    """Samples every esorex process on the machine each ``period_s``: the most threads
+    running at once (state R), the most threads, the largest summed RSS of concurrent
+    recipes.  Benchmarks run alone on their machine."""
+
+    def __init__(self, period_s: float = 0.2) -> None:
+        self.period_s = period_s
+        self.max_running = 0
+        self.max_threads = 0
+        self.peak_rss_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "RecipeSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(self.period_s):
+            running = threads = rss = 0
+            for pid in _esorex_pids():
+                try:
+                    tasks = list(Path(f"/proc/{pid}/task").iterdir())
+                    rss += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
+                except OSError:
+                    continue
+                threads += len(tasks)
+                for t in tasks:
+                    try:  # state is the field after the parenthesised command name
+                        running += (t / "stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+                    except OSError:
+                        pass
+            self.max_running = max(self.max_running, running)
+            self.max_threads = max(self.max_threads, threads)
+            self.peak_rss_bytes = max(self.peak_rss_bytes, rss)
+
+
+def _esorex_pids() -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if stat.read_text().strip() == "esorex":
+                pids.append(int(stat.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    t0 = time.monotonic()
+    result = fn(*args, **kwargs)
+    return time.monotonic() - t0, result

@@ -1,0 +1,315 @@
+"""``musedrp report OUT``: one self-contained HTML page of a reduction.
+
+Read from what ``musedrp reduce`` left in OUT: ``plan.json`` (every association decision and
+every frame's fate), each job's ``manifest.json`` (QC, timings, memory), its products and QC
+plots, and the ``error.txt`` and esorex log of jobs that failed.  Plots and images are
+embedded as data URIs, so the file can be mailed or archived alone.
+"""
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from astropy.io import fits
+
+from musedrp import qcplot
+from musedrp.provenance import MANIFEST
+
+plt = qcplot.plt  # the Agg backend, chosen once
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.failed { color: #b00020; font-weight: bold; } .ok { color: #1b7f3b; }
+pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
+img { max-width: 100%; border: 1px solid #eee; }
+.grid { display: grid; grid-template-columns: 1fr 1fr; gap: 0.5em 1em; }
+.grid h3 { font-size: 0.9em; margin: 0.5em 0 0.2em; }
+"""
+
+
+@dataclass
+class Job:
+    order: dict[str, Any]
+    directory: Path
+    state: str  # succeeded, failed, skipped, not run
+    manifest: dict[str, Any]
+    reason: str = ""
+
+    @property
+    def label(self) -> str:
+        ifu = self.order.get("ifu")
+        return f"{self.order['stage']} IFU {ifu:02d}" if ifu else self.order["stage"]
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.manifest.get("run", {})
+
+    def product(self, prefix: str) -> Path | None:
+        names = sorted(n for n in self.manifest.get("products", {}) if n.startswith(prefix))
+        return self.directory / names[0] if names else None
+
+
+def load(out: Path) -> tuple[dict[str, Any], list[Job]]:
+    """The plan and every planned job with its outcome, from the files in ``out``."""
+    plan_path = out / "plan.json"
+    if not plan_path.exists():
+        raise FileNotFoundError(f"{plan_path} not found: is {out} the output of "
+                                "`musedrp reduce`?")
+    plan = json.loads(plan_path.read_text())
+    jobs: dict[str, Job] = {}
+    for order in plan["orders"]:
+        d = out / f"products/{order['night']}/{order['stage']}/{order['setup']}/{order['job_key']}"
+        if (d / MANIFEST).exists():
+            jobs[order["job_key"]] = Job(order, d, "succeeded", json.loads((d / MANIFEST)
+                                                                             .read_text()))
+        elif (d / "error.txt").exists():
+            jobs[order["job_key"]] = Job(order, d, "failed", {},
+                                         (d / "error.txt").read_text().strip())
+        else:
+            bad = [k for k in order["needs"] if jobs.get(k) and jobs[k].state != "succeeded"]
+            reason = f"upstream {jobs[bad[0]].label} did not succeed" if bad else ""
+            jobs[order["job_key"]] = Job(order, d, "skipped" if bad else "not run", {}, reason)
+    return plan, list(jobs.values())
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return _img(buf.getvalue(), "plot")
+
+
+def _img(data: bytes, alt: str) -> str:
+    return (f'<img alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f'<td class="num">{v:.4g}</td>'
+        if isinstance(v, int):
+            return f'<td class="num">{v}</td>'
+        return f"<td>{html.escape(str(v))}</td>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(cell(v) for v in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
+
+
+def _qc(job: Job, prefix: str) -> dict[str, Any]:
+    """QC values of the job's product whose name starts with ``prefix``."""
+    return next((v for n, v in job.manifest.get("qc", {}).items() if n.startswith(prefix)), {})
+
+
+def _of(jobs: list[Job], stage: str) -> list[Job]:
+    return sorted((j for j in jobs if j.order["stage"] == stage and j.state == "succeeded"),
+                  key=lambda j: j.order.get("ifu") or 0)
+
+
+def summary(plan: dict, jobs: list[Job]) -> str:
+    states = {s: sum(j.state == s for j in jobs) for s in
+              ("succeeded", "failed", "skipped", "not run")}
+    frames: dict[str, int] = {}
+    for f in plan["frames"]:
+        frames[f["status"]] = frames.get(f["status"], 0) + 1
+    wall = sum(j.run.get("wall_s", 0) for j in jobs)
+    cpu = sum(j.run.get("cpu_user_s", 0) + j.run.get("cpu_sys_s", 0) for j in jobs)
+    cls = "failed" if states["failed"] or states["skipped"] else "ok"
+    return (f"<p>Raw data: <code>{html.escape(plan['raw_dir'])}</code>. "
+            f"{len(plan['frames'])} frames: "
+            + ", ".join(f"{n} {s}" for s, n in sorted(frames.items())) + ".</p>"
+            f'<p class="{cls}" id="outcome">{len(jobs)} jobs: '
+            + ", ".join(f"{n} {s}" for s, n in states.items()) + ".</p>"
+            f"<p>Recipe time {wall / 60:.1f} min, CPU time {cpu / 60:.1f} min.</p>")
+
+
+def failures(jobs: list[Job]) -> str:
+    bad = [j for j in jobs if j.state in ("failed", "skipped", "not run")]
+    if not bad:
+        return '<p class="ok" id="no-failures">No job failed.</p>'
+    parts = []
+    for j in bad:
+        parts.append(f'<h3 class="failed">{html.escape(j.label)}: {j.state}</h3>'
+                     f"<p>{html.escape(j.reason.splitlines()[0] if j.reason else '')}</p>")
+        log = j.directory / "esorex.log"
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-15:]
+            parts.append(f"<p>Last lines of <code>{html.escape(str(log))}</code>:</p>"
+                         f"<pre>{html.escape(chr(10).join(tail))}</pre>")
+    return "".join(parts)
+
+
+def detectors(jobs: list[Job]) -> str:
+    """Read noise and bias level per IFU and port; flat level and trace widths."""
+    rows, ron = [], {}
+    flats = {j.order["ifu"]: _qc(j, "MASTER_FLAT") | _qc(j, "TRACE_TABLE")
+             for j in _of(jobs, "flat")}
+    for j in _of(jobs, "bias"):
+        qc, ifu = _qc(j, "MASTER_BIAS"), j.order["ifu"]
+        ron[ifu] = [qc.get(f"QC BIAS MASTER{p} RON", np.nan) for p in range(1, 5)]
+        levels = [qc.get(f"QC BIAS LEVEL{p} MEAN", np.nan) for p in range(1, 5)]
+        flat = flats.get(ifu, {})
+        rows.append([f"{ifu:02d}", *ron[ifu], *levels,
+                     flat.get("QC FLAT MASTER MEDIAN", ""), flat.get("QC TRACE WIDTHS MEDIAN", "")])
+    if not rows:
+        return "<p>No master bias was made.</p>"
+    fig, ax = plt.subplots(figsize=(7, 3))
+    for p in range(4):
+        ax.plot(list(ron), [v[p] for v in ron.values()], "o", label=f"port {p + 1}")
+    ax.set_xlabel("IFU")
+    ax.set_ylabel("read noise [e-]")
+    ax.set_xticks(list(ron))
+    ax.legend(fontsize=8, ncol=4)
+    header = ["IFU", *(f"RON {p} [e-]" for p in range(1, 5)),
+              *(f"bias level {p} [adu]" for p in range(1, 5)), "flat median", "trace width"]
+    return _table(header, rows, "detectors") + _png(fig)
+
+
+def thumbnails(jobs: list[Job]) -> str:
+    parts = []
+    for j in _of(jobs, "bias") + _of(jobs, "flat"):
+        for name in j.manifest.get("qc_plots", []):
+            if (j.directory / name).exists():
+                parts.append(f"<div><h3>{html.escape(j.label)}: {html.escape(name)}</h3>"
+                             + _img((j.directory / name).read_bytes(), name) + "</div>")
+    return f'<div class="grid">{"".join(parts)}</div>' if parts else "<p>No QC plots.</p>"
+
+
+def wavelength(jobs: list[Job]) -> str:
+    """Fit RMS of the wavelength solution per slice and IFU (QC WAVECAL SLICEn FIT RMS)."""
+    rows, fig = [], None
+    for j in _of(jobs, "wavecal"):
+        qc = _qc(j, "WAVECAL_TABLE")
+        rms = {int(m[1]): v * 1000 for k, v in qc.items()
+               if (m := re.fullmatch(r"QC WAVECAL SLICE(\d+) FIT RMS", k))}
+        lines = [v for k, v in qc.items() if re.fullmatch(r"QC WAVECAL SLICE\d+ LINES NID", k)]
+        if not rms:
+            continue
+        if fig is None:
+            fig, ax = plt.subplots(figsize=(7, 3))
+        ax.plot(sorted(rms), [rms[s] for s in sorted(rms)], ".-", label=f"IFU {j.order['ifu']}")
+        vals = np.array(list(rms.values()))
+        rows.append([f"{j.order['ifu']:02d}", len(rms), float(np.median(vals)), float(vals.max()),
+                     int(np.median(lines)) if lines else ""])
+    if fig is None:
+        return "<p>No wavelength solution.</p>"
+    ax.set_xlabel("slice")
+    ax.set_ylabel("fit RMS [mÅ]")
+    ax.legend(fontsize=8)
+    return _table(["IFU", "slices", "median RMS [mÅ]", "max RMS [mÅ]", "lines per slice"],
+                  rows, "wavecal") + _png(fig)
+
+
+def standard(jobs: list[Job]) -> str:
+    (job, *_) = _of(jobs, "standard") or [None]
+    response = job.product("STD_RESPONSE") if job else None
+    if response is None:
+        return "<p>No flux response.</p>"
+    table = fits.getdata(response, 1)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(table["lambda"], table["throughput"], lw=0.8)
+    ax.set_xlabel("wavelength [Å]")
+    ax.set_ylabel("throughput")
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in job.manifest.get("reasons", [])
+                      if "standard" in r.lower())
+    return f"<ul>{reasons}</ul>" + _png(fig)
+
+
+def white_light(jobs: list[Job]) -> str:
+    parts = []
+    for j in _of(jobs, "scipost"):
+        cube = j.product("DATACUBE_FINAL")
+        if cube is None:
+            continue
+        with fits.open(cube, memmap=True) as hdul:
+            data = hdul["DATA"].data
+            image = np.nansum([np.nan_to_num(data[i:i + 256]).sum(axis=0)
+                               for i in range(0, data.shape[0], 256)], axis=0)
+        ny, nx = image.shape
+        fig, ax = plt.subplots(figsize=(8, max(1.5, min(8, 8 * ny / nx)) + 0.6))
+        lo, hi = np.nanpercentile(image[image != 0], [2, 99.5]) if image.any() else (0, 1)
+        ax.imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+        ax.set_xlabel("x [spaxel]")
+        ax.set_ylabel("y [spaxel]")
+        parts.append(f"<h3>{html.escape(j.label)} {html.escape(j.order['job_key'])}</h3>"
+                     + _png(fig))
+    return "".join(parts) or "<p>No final cube.</p>"
+
+
+def decisions(plan: dict) -> str:
+    items = "".join(f"<li>{html.escape(d)}</li>" for d in plan["decisions"])
+    rows = [[f["name"], f["tag"], f["status"], "; ".join(f["why"]) if f["status"] != "used"
+             else f"{len(f['why'])} job(s)"] for f in plan["frames"]]
+    return (f'<ol id="decisions">{items}</ol><h3>Every frame</h3>'
+            + _table(["file", "tag", "status", "why"], rows, "frames"))
+
+
+def timings(jobs: list[Job]) -> str:
+    done = [j for j in jobs if j.run]
+    if not done:
+        return "<p>No job ran.</p>"
+    rows = [[j.label, j.order["job_key"], j.state, j.run.get("wall_s", 0.0),
+             j.run.get("cpu_user_s", 0.0) + j.run.get("cpu_sys_s", 0.0),
+             j.run.get("peak_rss_bytes", 0) / 1e9, float(j.order["memory_gb"]),
+             j.run.get("n_warnings", 0)] for j in done]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.6 + 0.22 * len(done)))
+    ends = [datetime.fromisoformat(j.manifest["written"]) for j in done
+            if "written" in j.manifest]
+    t0 = min((e - timedelta(seconds=j.run["wall_s"]) for e, j in zip(ends, done, strict=False)),
+             default=None)
+    stages = sorted({j.order["stage"] for j in done})
+    colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(stages)}
+    for y, j in enumerate(done):
+        if t0 is not None and "written" in j.manifest:
+            end = (datetime.fromisoformat(j.manifest["written"]) - t0).total_seconds() / 60
+            a.barh(y, j.run["wall_s"] / 60, left=end - j.run["wall_s"] / 60,
+                   color=colours[j.order["stage"]])
+        b.barh(y, j.run.get("peak_rss_bytes", 0) / 1e9, color=colours[j.order["stage"]])
+        b.plot(j.order["memory_gb"], y, "k|", ms=8)
+    for ax in (a, b):
+        ax.set_yticks(range(len(done)), [j.label for j in done], fontsize=7)
+        ax.invert_yaxis()
+    a.set_xlabel("minutes since the first job started")
+    b.set_xlabel("peak RSS [GB] (| the planner's estimate)")
+    return (_png(fig) + _table(["job", "key", "state", "wall [s]", "CPU [s]", "peak RSS [GB]",
+                                "estimate [GB]", "warnings"], rows, "jobs"))
+
+
+SECTIONS = (("Failures", lambda p, j: failures(j)),
+            ("Detectors: read noise and bias level", lambda p, j: detectors(j)),
+            ("Master bias and flat, traced slice edges", lambda p, j: thumbnails(j)),
+            ("Wavelength solution", lambda p, j: wavelength(j)),
+            ("Standard star response", lambda p, j: standard(j)),
+            ("Final cube: white-light image", lambda p, j: white_light(j)),
+            ("Job timings and memory", lambda p, j: timings(j)),
+            ("Association decisions", lambda p, j: decisions(p)))
+
+
+def render(out: Path) -> str:
+    plan, jobs = load(out)
+    body = [f"<h1>musedrp reduction report: {html.escape(out.resolve().name)}</h1>",
+            summary(plan, jobs)]
+    for title, section in SECTIONS:
+        anchor = re.sub(r"\W+", "-", title.lower()).strip("-")
+        body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>'
+                    f"{section(plan, jobs)}</section>")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>musedrp report: {html.escape(out.resolve().name)}</title>"
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")
+
+
+def write(out: Path, path: Path | None = None) -> Path:
+    path = path or out / "report.html"
+    path.write_text(render(out))
+    return path

@@ -1,0 +1,64 @@
+"""The QC report on a hand-made output directory: a succeeded, a failed and a skipped job.
+(The report of a real reduction, rendered in Chromium: tests/integration/test_report.py.)"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from musedrp import qcreport
+
+
+def order(stage: str, key: str, needs: tuple[str, ...] = ()) -> dict:
+    return {"stage": stage, "recipe": f"muse_{stage}", "job_key": key, "night": "2014-08-01",
+            "setup": "WFM", "ifu": 1, "inputs": [], "params": {}, "memory_gb": 2.5,
+            "timeout_s": 600, "needs": list(needs), "reasons": [], "products": []}
+
+
+@pytest.fixture
+def out(tmp_path: Path) -> Path:
+    orders = [order("bias", "b1"), order("flat", "f1", ("b1",)), order("wavecal", "w1", ("f1",))]
+    (tmp_path / "plan.json").write_text(json.dumps({
+        "raw_dir": "/raw", "decisions": ["FAST biases left out: read-out mode differs"],
+        "orders": orders,
+        "frames": [{"name": "MUSE.1.fits", "tag": "BIAS", "night": "2014-08-01",
+                    "status": "used", "why": ["b1"]},
+                   {"name": "MUSE.2.fits", "tag": "BIAS", "night": "2014-08-01",
+                    "status": "rejected", "why": ["read-out mode FAST"]}]}))
+    bias = tmp_path / "products/2014-08-01/bias/WFM/b1"
+    bias.mkdir(parents=True)
+    qc = {f"QC BIAS MASTER{p} RON": 2.0 + p / 10 for p in range(1, 5)}
+    (bias / "manifest.json").write_text(json.dumps({
+        "written": "2014-08-02T10:00:30+00:00", "products": {"MASTER_BIAS-01.fits": "MB"},
+        "qc": {"MASTER_BIAS-01.fits": qc}, "qc_plots": [],
+        "run": {"wall_s": 30.0, "cpu_user_s": 25.0, "cpu_sys_s": 4.0,
+                "peak_rss_bytes": 2_520_000_000, "n_warnings": 0}}))
+    flat = tmp_path / "products/2014-08-01/flat/WFM/f1"
+    flat.mkdir(parents=True)
+    (flat / "error.txt").write_text("muse_flat exited with 1: no usable flat field\n")
+    (flat / "esorex.log").write_text("line\n" * 20 + "[ ERROR ] muse_flat: the end\n")
+    return tmp_path
+
+
+def test_failures_name_the_job_reason_and_log(out: Path):
+    page = qcreport.render(out)
+    assert "3 jobs: 1 succeeded, 1 failed, 1 skipped, 0 not run." in page
+    assert "flat IFU 01: failed" in page
+    assert "muse_flat exited with 1: no usable flat field" in page
+    assert "[ ERROR ] muse_flat: the end" in page
+    assert "wavecal IFU 01: skipped" in page
+    assert "upstream flat IFU 01 did not succeed" in page
+    assert "No job failed" not in page
+
+
+def test_qc_decisions_and_frames_are_shown(out: Path):
+    page = qcreport.render(out)
+    assert '<td class="num">2.1</td><td class="num">2.2</td>' in page  # RON ports 1, 2
+    assert "<li>FAST biases left out: read-out mode differs</li>" in page
+    assert "<td>MUSE.2.fits</td><td>BIAS</td><td>rejected</td><td>read-out mode FAST</td>" in page
+    assert "No wavelength solution." in page and "No final cube." in page
+
+
+def test_a_directory_without_a_plan_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match="output of `musedrp reduce`"):
+        qcreport.render(tmp_path)
