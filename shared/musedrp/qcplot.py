@@ -41,7 +41,7 @@ def master_bias(path: Path, out: Path) -> Path:
     b.set_xlabel("adu (after overscan correction)")
     b.set_title("pixel distribution per read-out port", fontsize=9)
     b.legend(fontsize=8)
-    return _save(fig, out)
+    return save(fig, out)
 
 
 def master_flat(path: Path, trace: Path | None, out: Path) -> Path:
@@ -64,12 +64,13 @@ def master_flat(path: Path, trace: Path | None, out: Path) -> Path:
     inset.plot(row, lw=0.5)
     inset.set_title("middle row", fontsize=7)
     inset.tick_params(labelsize=6)
-    return _save(fig, out)
+    return save(fig, out)
 
 
-def _save(fig, out: Path) -> Path:
+def save(fig, out, dpi: int = 90):
+    """Lay out, write as PNG to ``out`` (a path or a binary file), close; returns ``out``."""
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
+    fig.savefig(out, format="png", dpi=dpi)
     plt.close(fig)
     return out
 

@@ -20,6 +20,7 @@ import numpy as np
 from astropy.io import fits
 
 from musedrp import qcplot
+from musedrp.messages import WorkOrder
 from musedrp.provenance import MANIFEST
 
 plt = qcplot.plt  # the Agg backend, chosen once
@@ -68,7 +69,7 @@ def load(out: Path) -> tuple[dict[str, Any], list[Job]]:
     plan = json.loads(plan_path.read_text())
     jobs: dict[str, Job] = {}
     for order in plan["orders"]:
-        d = out / f"products/{order['night']}/{order['stage']}/{order['setup']}/{order['job_key']}"
+        d = out / WorkOrder.model_validate(order).product_dir
         if (d / MANIFEST).exists():
             jobs[order["job_key"]] = Job(order, d, "succeeded", json.loads((d / MANIFEST)
                                                                              .read_text()))
@@ -83,11 +84,7 @@ def load(out: Path) -> tuple[dict[str, Any], list[Job]]:
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return _img(buf.getvalue(), "plot")
+    return _img(qcplot.save(fig, io.BytesIO(), dpi=80).getvalue(), "plot")
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -264,18 +261,16 @@ def timings(jobs: list[Job]) -> str:
              j.run.get("peak_rss_bytes", 0) / 1e9, float(j.order["memory_gb"]),
              j.run.get("n_warnings", 0)] for j in done]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.6 + 0.22 * len(done)))
-    ends = [datetime.fromisoformat(j.manifest["written"]) for j in done
-            if "written" in j.manifest]
-    t0 = min((e - timedelta(seconds=j.run["wall_s"]) for e, j in zip(ends, done, strict=False)),
-             default=None)
+    started = {j.order["job_key"]: datetime.fromisoformat(j.manifest["written"])
+               - timedelta(seconds=j.run["wall_s"]) for j in done}
+    t0 = min(started.values())
     stages = sorted({j.order["stage"] for j in done})
     colours = {s: plt.cm.tab10(i % 10) for i, s in enumerate(stages)}
     for y, j in enumerate(done):
-        if t0 is not None and "written" in j.manifest:
-            end = (datetime.fromisoformat(j.manifest["written"]) - t0).total_seconds() / 60
-            a.barh(y, j.run["wall_s"] / 60, left=end - j.run["wall_s"] / 60,
-                   color=colours[j.order["stage"]])
-        b.barh(y, j.run.get("peak_rss_bytes", 0) / 1e9, color=colours[j.order["stage"]])
+        colour = colours[j.order["stage"]]
+        a.barh(y, j.run["wall_s"] / 60, color=colour,
+               left=(started[j.order["job_key"]] - t0).total_seconds() / 60)
+        b.barh(y, j.run.get("peak_rss_bytes", 0) / 1e9, color=colour)
         b.plot(j.order["memory_gb"], y, "k|", ms=8)
     for ax in (a, b):
         ax.set_yticks(range(len(done)), [j.label for j in done], fontsize=7)

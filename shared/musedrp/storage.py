@@ -36,10 +36,12 @@ class ObjectStore(Protocol):
 
 
 class RangeReader(io.RawIOBase):
-    """A seekable read-only file over ranged GETs; ``bytes_read`` counts what was fetched."""
+    """A seekable read-only file over ranged GETs; ``bytes_read`` and ``requests`` count
+    what was fetched and in how many GETs."""
 
     def __init__(self, fetch, size: int) -> None:
         self._fetch, self.size, self._pos, self.bytes_read = fetch, size, 0, 0
+        self.requests = 0
 
     def readable(self) -> bool:
         return True
@@ -60,6 +62,7 @@ class RangeReader(io.RawIOBase):
         if n <= 0:
             return 0
         data = self._fetch(self._pos, self._pos + n - 1)
+        self.requests += 1
         buffer[: len(data)] = data
         self._pos += len(data)
         self.bytes_read += len(data)

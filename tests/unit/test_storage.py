@@ -72,6 +72,8 @@ def test_headers_are_classified_from_ranges_only(store, make_frame):
                                                            "name": "frame.fits"})
     assert frame.ifus == (1, 2, 3)
     assert reader.bytes_read <= 4 * HEADER_BUFFER < size / 10
+    # one GET per IFU extension: the primary header comes with the first one
+    assert reader.requests == len(frame.ifus)
 
 
 def test_a_changed_object_fails_its_checksum(s3, tmp_path):
