@@ -10,9 +10,12 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_IFUS ?= 1-3
 DEMO_SEED ?= 1
 DEMO_DIR  ?= demo
+DEMO_SIMFLAGS ?=     # e.g. --compress (Rice tile-compressed raw files, 2.2x smaller)
+DEMO_REDUCEFLAGS ?=  # e.g. --prune-pixtables
 DEMO_RAW  := $(DEMO_DIR)/raw-ifus$(DEMO_IFUS)-seed$(DEMO_SEED)
+DEMO_OUT  := $(DEMO_DIR)/reduced-ifus$(DEMO_IFUS)-seed$(DEMO_SEED)
 
-.PHONY: setup system run test lint bench images clean
+.PHONY: setup system run full-night test lint bench images clean
 
 setup: system $(STAMP)
 
@@ -32,12 +35,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[serve,test]'
 	touch $@
 
-# simulate a night (once per IFU set and seed), then reduce it
+# simulate a night (once per IFU set and seed), reduce it, and write the QC report (also when
+# a job failed: the report shows why)
 run: setup
 	@if [ ! -f $(DEMO_RAW)/truth.json ]; then \
-		$(BIN)/musedrp simulate $(DEMO_RAW) --ifus $(DEMO_IFUS) --seed $(DEMO_SEED); fi
-	$(BIN)/musedrp reduce $(DEMO_RAW) -o $(DEMO_DIR)/reduced
-	$(BIN)/musedrp report $(DEMO_DIR)/reduced
+		$(BIN)/musedrp simulate $(DEMO_RAW) --ifus $(DEMO_IFUS) --seed $(DEMO_SEED) $(DEMO_SIMFLAGS); fi
+	$(BIN)/musedrp reduce $(DEMO_RAW) -o $(DEMO_OUT) $(DEMO_REDUCEFLAGS); status=$$?; \
+		$(BIN)/musedrp report $(DEMO_OUT) && exit $$status
+
+# the whole night, all 24 IFUs: 25 GB of compressed raw frames + ~45 GB of products (measured);
+# pruning makes room for the cubes
+full-night:
+	$(MAKE) run DEMO_IFUS=1-24 DEMO_SIMFLAGS=--compress DEMO_REDUCEFLAGS=--prune-pixtables
 
 test: setup
 	$(BIN)/ruff check shared services tests benchmarks

@@ -42,7 +42,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     print(f"Simulating night {args.date} with IFUs {args.ifus} (seed {args.seed}) "
           f"into {args.out_dir}", flush=True)
-    simulate_night(args.out_dir, args.ifus, args.seed, args.date, progress=progress)
+    simulate_night(args.out_dir, args.ifus, args.seed, args.date, progress=progress,
+                   compress=args.compress)
     print(f"Done in {time.monotonic() - t0:.0f} s; truth in {args.out_dir / 'truth.json'}")
     return 0
 
@@ -89,7 +90,8 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     print(f"Plan: {len(plan.orders)} jobs (details in {out / 'plan.txt'}); running on CPUs "
           f"{esorex.format_cpus(cpus)} within {memory:.1f} GB", flush=True)
     executor = LocalExecutor(out, cpus, memory, registry, args.scratch,
-                             report=lambda line: print(line, flush=True))
+                             report=lambda line: print(line, flush=True),
+                             prune=args.prune_pixtables)
     results = executor.run(plan.orders)
     print()
     print("\n".join(report.run_summary(results, out, time.monotonic() - t0)))
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--date", type=date.fromisoformat, default=date(2014, 8, 1),
                    help="the night, as the date of its evening (default 2014-08-01)")
+    s.add_argument("--compress", action="store_true",
+                   help="write Rice tile-compressed .fits.fz files (lossless, 2.2x smaller)")
     s.set_defaults(func=cmd_simulate)
 
     for name, helptext in (("plan", "show the jobs and every frame's fate; run nothing"),
@@ -213,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(default: OUT/registry.sqlite)")
             c.add_argument("--scratch", type=Path, default=None,
                            help="scratch directory for recipe runs (default: system temp)")
+            c.add_argument("--prune-pixtables", action="store_true",
+                           help="delete pixel tables once every job reading them succeeded "
+                                "(they are most of the disk a night takes)")
         c.set_defaults(func=cmd_plan if name == "plan" else cmd_reduce)
 
     c = sub.add_parser("report", help="write a self-contained HTML QC report of a reduction")

@@ -5,11 +5,12 @@ per-IFU recipes) or, for a stage that uses more, to every core free when it star
 
 import time
 import traceback
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from musedrp import esorex, runner
+from musedrp import esorex, provenance, runner
 from musedrp.messages import WorkOrder
 from musedrp.registry import Registry
 from musedrp.runner import ComputeFn, JobResult
@@ -51,17 +52,23 @@ class LocalExecutor:
     A job is admitted only while its stage's memory estimate fits beside the running ones;
     a job whose estimate alone exceeds the budget is never started and fails with that
     reason.  Jobs downstream of a failure are skipped with the upstream job named.
+
+    With ``prune``, a job's pixel tables (0.37 GB per IFU and exposure, most of a night's
+    output) are deleted as soon as every job of the plan that reads them has succeeded; its
+    manifest keeps their names under ``pruned``.  Such a job counts as done while all its
+    readers are; a new reader (other parameters, a new exposure) makes it run again.
     """
 
     def __init__(self, out_root: Path, cpus: Sequence[int], memory_gb: float,
                  registry: Registry | None = None, scratch: Path | None = None,
                  report: Callable[[str], None] = print, heartbeat_s: float = 30.0,
-                 stage_for: Callable[[str], tuple[StageSpec, ComputeFn]] | None = None) -> None:
+                 stage_for: Callable[[str], tuple[StageSpec, ComputeFn]] | None = None,
+                 prune: bool = False) -> None:
         if not cpus:
             raise ValueError("no CPUs to run on")
         self.out_root, self.cpus, self.memory_gb = out_root, list(cpus), memory_gb
         self.registry, self.scratch, self.report = registry, scratch, report
-        self.heartbeat_s = heartbeat_s
+        self.heartbeat_s, self.prune = heartbeat_s, prune
         self.stage_for = stage_for or (lambda name: (BY_NAME[name].spec, BY_NAME[name].compute()))
 
     def _execute(self, order: WorkOrder, cpus: list[int]) -> JobResult:
@@ -69,11 +76,30 @@ class LocalExecutor:
             spec, compute = self.stage_for(order.stage)
             return runner.execute(order, spec, compute, self.out_root, cpus, self.scratch)
         except Exception as err:  # a bug: report it as this job's failure, keep the rest going
-            directory = self.out_root / order.product_dir
-            reason = f"internal error: {err!r}\n{traceback.format_exc()}"
-            directory.mkdir(parents=True, exist_ok=True)
-            (directory / "error.txt").write_text(reason)
-            return JobResult(order, "failed", directory, reason=reason)
+            return self._failed(order, f"internal error: {err!r}\n{traceback.format_exc()}")
+
+    def _failed(self, order: WorkOrder, reason: str) -> JobResult:
+        """A job that failed outside the runner, with ``error.txt`` where the runner leaves
+        its own (so that ``musedrp report`` shows the reason)."""
+        directory = self.out_root / order.product_dir
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "error.txt").write_text(reason.rstrip("\n") + "\n")
+        return JobResult(order, "failed", directory, reason=reason)
+
+    def _prune(self, order: WorkOrder) -> None:
+        directory = self.out_root / order.product_dir
+        manifest = provenance.read_manifest(directory)
+        names = [n for n, tag in manifest["products"].items()
+                 if tag.startswith("PIXTABLE_") and (directory / n).exists()]
+        if not names:
+            return
+        for name in names:
+            (directory / name).unlink()
+        # the original "written" stays: it is when the job ended
+        provenance.write_manifest(directory, {**manifest, "pruned": sorted(
+            {*manifest.get("pruned", []), *names})})
+        self.report(f"        pruned {len(names)} pixel table(s) of {describe(order)}: every "
+                    "job reading them succeeded")
 
     def _finish(self, result: JobResult, done: int, total: int, t0: float) -> None:
         o, run = result.order, result.manifest.get("run", {})
@@ -102,9 +128,29 @@ class LocalExecutor:
         if self.registry:
             self.registry.record_orders(orders)
 
+        by_key = {o.job_key: o for o in orders}
+        readers: dict[str, list[str]] = defaultdict(list)
+        for o in orders:
+            for n in o.needs:
+                readers[n].append(o.job_key)
+
         def settle(result: JobResult) -> None:
             results[result.order.job_key] = result
             self._finish(result, len(results), total, t0)
+            if not self.prune or result.outcome not in OK:
+                return
+            for n in result.order.needs:
+                if n in by_key and all(k in results and results[k].outcome in OK
+                                       for k in readers[n]):
+                    self._prune(by_key[n])
+
+        for o in list(pending):  # pruned, and nothing in this plan reads them anew
+            manifest = provenance.read_manifest(self.out_root / o.product_dir)
+            if manifest and manifest.get("pruned") and all(
+                    (self.out_root / by_key[k].product_dir / provenance.MANIFEST).exists()
+                    for k in readers[o.job_key]):
+                pending.remove(o)
+                settle(JobResult(o, "cached", self.out_root / o.product_dir, manifest=manifest))
 
         with ThreadPoolExecutor(max_workers=len(self.cpus)) as pool:
             try:
@@ -118,10 +164,9 @@ class LocalExecutor:
                                              reason=f"upstream job {failed[0]} did not succeed"))
                         elif o.memory_gb > self.memory_gb:
                             pending.remove(o)
-                            settle(JobResult(
-                                o, "failed", self.out_root / o.product_dir,
-                                reason=f"needs {o.memory_gb:.1f} GB, more than the memory "
-                                f"budget of {self.memory_gb:.1f} GB: not started"))
+                            settle(self._failed(o, f"needs {o.memory_gb:.1f} GB, more than "
+                                                f"the memory budget of {self.memory_gb:.1f} GB: "
+                                                "not started"))
                     for o in list(pending):
                         ready = all(results.get(n) and results[n].outcome in OK for n in o.needs)
                         if ready and free and mem_in_use + o.memory_gb <= self.memory_gb:

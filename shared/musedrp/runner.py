@@ -82,7 +82,8 @@ def execute(
     services mode).
     """
     final = out_root / order.product_dir
-    if (manifest := provenance.read_manifest(final)) is not None:
+    manifest = provenance.read_manifest(final)
+    if manifest is not None and not manifest.get("pruned"):  # pruned: needed again, rerun
         return JobResult(order, "cached", final, manifest=manifest)
     final.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{order.job_key}-", dir=scratch_root))

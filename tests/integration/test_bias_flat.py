@@ -2,6 +2,7 @@
 
 import re
 import subprocess
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,11 @@ import pytest
 from astropy.io import fits
 
 from musedrp import cli
-from musedrp.esorex import RECIPE_DIR
+from musedrp.esorex import RECIPE_DIR, SofEntry, run_recipe
 from musedrp.registry import Registry
-from musedrp.topology import STAGES
+from musedrp.simulate.night import schedule, write_exposure
+from musedrp.tags import Tag
+from musedrp.topology import BY_NAME, STAGES
 
 from .conftest import IFU, manifest, product
 
@@ -116,6 +119,26 @@ def test_rerun_recomputes_nothing(reduced, night):
     assert code == 0
     after = {p: p.stat().st_mtime_ns for p in out.glob("products/**/*") if p.is_file()}
     assert after == before
+
+
+def test_compressed_raw_frames_give_the_same_master_bias(tmp_path):
+    """Rice tile-compressed raw files (``musedrp simulate --compress``: how the 24-IFU night
+    fits on disk) go to esorex as they are, and the master bias is the same to the bit."""
+    biases = [e for e in schedule(date(2014, 8, 1))
+              if e.kind == "bias" and e.readout[0] == "SCI1.0"][:3]
+    args = [f"--nifu={IFU}", *BY_NAME["bias"].spec.params().to_esorex_args()]
+    masters = []
+    for compress in (False, True):
+        d = tmp_path / str(compress)
+        d.mkdir()
+        paths = [write_exposure(e, [IFU], 7, d, compress) for e in biases]
+        assert all(p.name.endswith(".fz") == compress for p in paths)
+        run = run_recipe("muse_bias", [SofEntry(p, Tag.BIAS) for p in paths], args,
+                         d / "work", [0], timeout_s=600)
+        assert run.returncode == 0, run.errors
+        masters.append(d / "work" / "products" / f"MASTER_BIAS-{IFU:02d}.fits")
+    for ext in ("DATA", "STAT", "DQ"):
+        assert np.array_equal(*(fits.getdata(m, ext) for m in masters))
 
 
 def test_plan_explains_without_running(night, workspace, capsys):

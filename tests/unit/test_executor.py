@@ -1,5 +1,6 @@
 """The local executor with a stand-in compute: budget, dependencies, failures, re-runs."""
 
+import json
 import threading
 import time
 from dataclasses import replace
@@ -45,7 +46,9 @@ class FakeCompute:
             self.ended[order.job_key] = time.monotonic()
         if order.job_key in self.fail:
             raise DataError("recipe crashed")
-        name = f"{'MASTER_BIAS' if order.stage == 'bias' else 'MASTER_FLAT'}-{order.ifu:02d}.fits"
+        name = {"bias": "MASTER_BIAS-{:02d}.fits", "flat": "MASTER_FLAT-{:02d}.fits",
+                "scibasic": "PIXTABLE_OBJECT_0001-{:02d}.fits",
+                "scipost": "DATACUBE_FINAL.fits"}[order.stage].format(order.ifu)
         h = fits.Header()
         h["HIERARCH ESO QC X"] = 1.0
         fits.PrimaryHDU(header=h).writeto(workdir / name)
@@ -68,10 +71,11 @@ def make_order(key, stage, ifu, raw, memory=2.5, needs=()):
                      params={}, memory_gb=memory, timeout_s=60, needs=tuple(needs))
 
 
-def executor(tmp_path, compute, cpus=4, memory=10.0):
-    specs = {"bias": BIAS, "flat": FLAT, "scipost": replace(FLAT, multicore=True)}
+def executor(tmp_path, compute, cpus=4, memory=10.0, prune=False):
+    specs = {"bias": BIAS, "flat": FLAT, "scibasic": FLAT, "scipost": replace(FLAT, multicore=True)}
     return LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
-                         scratch=tmp_path, stage_for=lambda name: (specs[name], compute))
+                         scratch=tmp_path, stage_for=lambda name: (specs[name], compute),
+                         prune=prune)
 
 
 @pytest.mark.parametrize(("budget", "expected"), [(5.0, 2), (7.5, 3), (20.0, 4)])
@@ -127,6 +131,7 @@ def test_job_larger_than_the_budget_is_never_started(tmp_path, raw):
     results = executor(tmp_path, compute, memory=2.0).run([make_order("b1", "bias", 1, raw)])
     assert results["b1"].outcome == "failed"
     assert "needs 2.5 GB, more than the memory budget of 2.0 GB" in results["b1"].reason
+    assert (results["b1"].directory / "error.txt").read_text() == results["b1"].reason + "\n"
     assert compute.calls == []
 
 
@@ -156,3 +161,29 @@ def test_jobs_with_waiting_downstream_work_start_first(tmp_path, raw):
     assert set(compute.calls[:2]) == {"b1", "b2"}  # started together, in either order
     assert compute.calls[2] == "b3"
     assert compute.started["f1"] >= compute.ended["b3"]
+
+
+def test_pixel_tables_are_pruned_once_every_reader_succeeded(tmp_path, raw):
+    orders = [make_order("s1", "scibasic", 1, raw), make_order("s2", "scibasic", 2, raw),
+              make_order("s3", "scibasic", 3, raw),
+              make_order("p", "scipost", None, raw, needs=["s1", "s2"]),
+              make_order("q", "scipost", None, raw, needs=["s2", "s3"])]
+    results = executor(tmp_path, FakeCompute(fail={"q"}), prune=True).run(orders)
+    pixtable = {k: results[k].directory / f"PIXTABLE_OBJECT_0001-0{k[1]}.fits"
+                for k in ("s1", "s2", "s3")}
+    assert not pixtable["s1"].exists()  # its one reader succeeded
+    assert pixtable["s2"].exists() and pixtable["s3"].exists()  # q, a reader, failed
+    manifest = json.loads((results["s1"].directory / "manifest.json").read_text())
+    assert manifest["pruned"] == [pixtable["s1"].name]
+    assert manifest["written"] == results["s1"].manifest["written"]
+    # again: q runs; s1 counts as done (p, its reader, is); s2 and s3 go once q succeeded
+    second = FakeCompute()
+    again = executor(tmp_path, second, prune=True).run(orders)
+    assert second.calls == ["q"]
+    assert {r.outcome for k, r in again.items() if k != "q"} == {"cached"}
+    assert not any(p.exists() for p in pixtable.values())
+    # a new reader of s1's pixel table: s1 runs again, and without prune keeps it
+    third = FakeCompute()
+    executor(tmp_path, third).run([*orders, make_order("r", "scipost", None, raw, needs=["s1"])])
+    assert third.calls == ["s1", "r"]
+    assert pixtable["s1"].exists()

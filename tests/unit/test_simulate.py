@@ -5,6 +5,7 @@ from datetime import date
 import numpy as np
 from astropy.io import fits
 
+from musedrp.frames import classify_file
 from musedrp.simulate import detector, night
 
 
@@ -60,3 +61,19 @@ def test_deterministic_for_a_seed(tmp_path):
         data[run] = fits.getdata(night.write_exposure(e, [2], seed, tmp_path / run), "CHAN02")
     assert np.array_equal(data["a"], data["b"])
     assert not np.array_equal(data["a"], data["c"])
+
+
+def test_compressed_frame_is_lossless_and_classified_alike(tmp_path):
+    e = next(e for e in night.schedule(date(2014, 8, 1)) if e.kind == "bias")
+    paths = {}
+    for compress in (False, True):
+        (tmp_path / str(compress)).mkdir()
+        paths[compress] = night.write_exposure(e, [1, 2], 5, tmp_path / str(compress), compress)
+    assert paths[True].name == e.arcfile + ".fz"
+    assert paths[True].stat().st_size < paths[False].stat().st_size / 1.5
+    for ext in ("CHAN01", "CHAN02"):
+        assert np.array_equal(fits.getdata(paths[True], ext), fits.getdata(paths[False], ext))
+    same = {"path", "name", "size", "datasums"}  # datasums: of the (compressed) data units
+    plain, packed = (classify_file(paths[c]).model_dump(exclude=same) for c in (False, True))
+    assert packed == plain
+    assert packed["ifus"] == (1, 2)
