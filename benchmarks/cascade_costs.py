@@ -36,7 +36,8 @@ def main() -> int:
                     for p in args.reduced.glob("products/*/*/*/*/error.txt"))
     lines = [f"# Cost of each stage, from the manifests of `{args.reduced.name}`", "",
              f"Command: `{' '.join(['python', *sys.argv])}`  ",
-             f"Date: {date.today()}; one pinned CPU per job, OMP_NUM_THREADS=1.", "",
+             f"Date: {date.today()}; each job pinned to its CPU set (one core; standard and "
+             "scipost every core free when they started), OMP_NUM_THREADS its size.", "",
              "| stage | jobs | wall mean [s] | wall max [s] | CPU mean [s] | peak RSS max [GB] |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for stage in (s.name for s in STAGES):
