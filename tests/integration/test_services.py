@@ -196,6 +196,19 @@ def jobs_of(infra) -> list:
         reg.close()
 
 
+def wait_for_states(infra, expected: dict[str, str], timeout_s: float = 60) -> dict:
+    """The registry's jobs by stage once their states are `expected`: the planner records
+    a job.finished after the test has seen it, so the registry may lag the event."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        jobs = {j.stage: j for j in jobs_of(infra)}
+        states = {s: j.state for s, j in jobs.items()}
+        if states == expected or time.monotonic() > deadline:
+            assert states == expected
+            return jobs
+        time.sleep(0.5)
+
+
 def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted, reduced):
     fleet, events = infra["fleet"], submitted["events"]
     # the bias worker dies (SIGKILL) in the middle of its recipe; a new one takes over
@@ -215,8 +228,7 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
         return {("bias", "succeeded"), ("flat", "succeeded")} <= done
 
     events.wait(both_done, 600, "bias and flat job.finished", fleet)
-    jobs = {j.stage: j for j in jobs_of(infra)}
-    assert {s: j.state for s, j in jobs.items()} == {"bias": "succeeded", "flat": "succeeded"}
+    jobs = wait_for_states(infra, {"bias": "succeeded", "flat": "succeeded"})
 
     # every submitted file was registered, the corrupt one rejected with its reason
     registered = [e.payload for e in events.seen if e.type == "frame.registered"]
