@@ -35,8 +35,9 @@ SPEC = StageSpec(
         Tag.DATACUBE_STD, Tag.STD_FLUXES, Tag.STD_RESPONSE, Tag.STD_TELLURIC)),
     params=StandardParams,
     per_ifu=False,
-    # measured: 1.93 GB, 66 s for 3 IFUs (0.66 GB for 1 IFU, MUSE.md §7.4)
-    memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=0.62),
+    # measured: 0.66 GB for 1 IFU (MUSE.md §7.4), 1.93 GB for 3, 15.33 GB for 24
+    # (benchmarks/results/cascade_costs_ifus1-24.md); the model is above all three
+    memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=0.64),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.STD_RESPONSE: (r"QC STANDARD THRU\d+",), Tag.STD_FLUXES: ()},

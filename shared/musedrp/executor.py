@@ -95,6 +95,8 @@ class LocalExecutor:
             return
         for name in names:
             (directory / name).unlink()
+        if self.registry:
+            self.registry.forget_products(str(directory / n) for n in names)
         # the original "written" stays: it is when the job ended
         provenance.write_manifest(directory, {**manifest, "pruned": sorted(
             {*manifest.get("pruned", []), *names})})

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
+    delete,
     select,
     text,
 )
@@ -195,6 +196,11 @@ class Registry:
         with Session(self.engine) as s, s.begin():
             for path, tag, qc in products:
                 s.merge(ProductRow(path=path, job_key=job_key, tag=tag, ifu=ifu, qc=qc))
+
+    def forget_products(self, paths: Iterable[str]) -> None:
+        """Products deleted on purpose (pruned pixel tables): no longer listed."""
+        with Session(self.engine) as s, s.begin():
+            s.execute(delete(ProductRow).where(ProductRow.path.in_(list(paths))))
 
     def job(self, key: str) -> JobRow | None:
         with Session(self.engine) as s:

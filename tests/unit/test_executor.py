@@ -13,6 +13,7 @@ from musedrp.errors import DataError
 from musedrp.esorex import RecipeRun
 from musedrp.executor import LocalExecutor
 from musedrp.messages import InputFile, WorkOrder
+from musedrp.registry import Registry
 from musedrp.runner import StageResult
 from musedrp.services.bias.spec import SPEC as BIAS
 from musedrp.services.flat.spec import SPEC as FLAT
@@ -71,11 +72,11 @@ def make_order(key, stage, ifu, raw, memory=2.5, needs=()):
                      params={}, memory_gb=memory, timeout_s=60, needs=tuple(needs))
 
 
-def executor(tmp_path, compute, cpus=4, memory=10.0, prune=False):
+def executor(tmp_path, compute, cpus=4, memory=10.0, prune=False, registry=None):
     specs = {"bias": BIAS, "flat": FLAT, "scibasic": FLAT, "scipost": replace(FLAT, multicore=True)}
     return LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
                          scratch=tmp_path, stage_for=lambda name: (specs[name], compute),
-                         prune=prune)
+                         prune=prune, registry=registry)
 
 
 @pytest.mark.parametrize(("budget", "expected"), [(5.0, 2), (7.5, 3), (20.0, 4)])
@@ -168,11 +169,16 @@ def test_pixel_tables_are_pruned_once_every_reader_succeeded(tmp_path, raw):
               make_order("s3", "scibasic", 3, raw),
               make_order("p", "scipost", None, raw, needs=["s1", "s2"]),
               make_order("q", "scipost", None, raw, needs=["s2", "s3"])]
-    results = executor(tmp_path, FakeCompute(fail={"q"}), prune=True).run(orders)
+    registry = Registry.for_output(tmp_path)
+    results = executor(tmp_path, FakeCompute(fail={"q"}), prune=True,
+                       registry=registry).run(orders)
     pixtable = {k: results[k].directory / f"PIXTABLE_OBJECT_0001-0{k[1]}.fits"
                 for k in ("s1", "s2", "s3")}
     assert not pixtable["s1"].exists()  # its one reader succeeded
     assert pixtable["s2"].exists() and pixtable["s3"].exists()  # q, a reader, failed
+    listed = {r.path for r in registry.products(str(Tag.PIXTABLE_OBJECT))}
+    assert listed == {str(pixtable["s2"]), str(pixtable["s3"])}
+    registry.close()
     manifest = json.loads((results["s1"].directory / "manifest.json").read_text())
     assert manifest["pruned"] == [pixtable["s1"].name]
     assert manifest["written"] == results["s1"].manifest["written"]
