@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +36,21 @@ if mode == "hang":
     (logdir / "child.pid").write_text(str(child.pid))
     while True:
         time.sleep(1)
+if mode == "widen":  # wait for a second CPU, in a thread started before it was granted
+    seen = {}
+
+    def watch() -> None:
+        deadline = time.monotonic() + 10
+        while len(os.sched_getaffinity(0)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["thread"] = sorted(os.sched_getaffinity(0))
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    thread.join()
+    seen["main"] = sorted(os.sched_getaffinity(0))
+    (logdir / "widened.json").write_text(json.dumps(seen))
+    mode = "ok"
 if mode == "fail":
     with log.open("a") as f:
         f.write("12:00:02 [ ERROR ] muse_fake: [tid=000] something broke\n")

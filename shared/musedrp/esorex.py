@@ -3,7 +3,8 @@
 The recipe runs in its own scratch directory with explicit ``--output-dir``/``--log-dir``,
 pinned with ``taskset`` to a CPU set and with ``OMP_NUM_THREADS`` equal to its size (libgomp
 would otherwise start one thread per CPU it sees, MUSE.md §8), in a new session so that a
-timeout kills the whole process group.  Exit codes are not enough (MUSE.md §2.1): the log
+timeout kills the whole process group.  A ``CpuGrant`` may grow while the recipe runs; its
+threads then move onto the new CPUs.  Exit codes are not enough (MUSE.md §2.1): the log
 is parsed and the products are checked.
 """
 
@@ -60,6 +61,42 @@ class RecipeRun:
     versions: dict[str, str] = field(default_factory=dict)
     products: list[Path] = field(default_factory=list)
     log_path: Path | None = None
+
+
+class CpuGrant(Sequence[int]):
+    """The CPUs a running recipe may use, growing while it runs: the executor hands the cores
+    that other jobs free to a multicore job, and ``run_recipe`` widens the recipe's affinity
+    to them.  OpenMP's thread count is fixed at start, so it is ``most``, the CPUs the
+    recipe could ever get (a thread more than cores costs 0-3 %, benchmarks/fanin_threads)."""
+
+    def __init__(self, cpus: Iterable[int], most: int) -> None:
+        self._cpus, self.most = sorted(cpus), most
+        self._lock = threading.Lock()
+
+    def grant(self, cpus: Iterable[int]) -> None:
+        with self._lock:
+            self._cpus = sorted({*self._cpus, *cpus})
+
+    def __getitem__(self, i):
+        with self._lock:
+            return self._cpus[i]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cpus)
+
+
+def _set_affinity(pid: int, cpus: Sequence[int]) -> None:
+    """Every thread of ``pid`` onto ``cpus`` (threads made later inherit their maker's)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return  # ended meanwhile
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:
+            pass
 
 
 def format_cpus(cpus: Iterable[int]) -> str:
@@ -202,7 +239,9 @@ def run_recipe(
     """Run ``esorex recipe args sof`` and return what happened; raises only on timeout.
 
     The recipe runs on ``cpus`` (``taskset``) with ``OMP_NUM_THREADS`` = ``threads``, by
-    default the size of the CPU set; 0 leaves it unset (used by the pinning benchmark).
+    default the size of the CPU set (of a ``CpuGrant``: its ``most``); 0 leaves it unset
+    (used by the pinning benchmark).  CPUs added to a ``CpuGrant`` meanwhile are applied
+    within 0.1 s; the run records the final set.
 
     The caller decides what a non-zero exit or missing products mean (see ``check``).
 
@@ -219,7 +258,9 @@ def run_recipe(
         shutil.rmtree(outdir)  # a previous attempt's leftovers must not count as products
     outdir.mkdir()
     sof_path = write_sof(sof, workdir)
-    threads = len(cpus) if threads is None else threads
+    if threads is None:
+        threads = cpus.most if isinstance(cpus, CpuGrant) else len(cpus)
+    applied = sorted(cpus)
     command = [
         "taskset", "--cpu-list", format_cpus(cpus),
         esorex or esorex_path(), f"--recipe-dir={RECIPE_DIR}",
@@ -247,6 +288,9 @@ def run_recipe(
                 _kill_group(proc.pid)
                 _, status, usage = os.wait4(proc.pid, 0)
                 break
+            if (now := sorted(cpus)) != applied:
+                _set_affinity(proc.pid, now)
+                applied = now
             time.sleep(0.1)
     except BaseException:
         _kill_group(proc.pid)  # interrupted: never leave a recipe running
@@ -263,7 +307,7 @@ def run_recipe(
     run = RecipeRun(
         recipe=recipe, command=command, returncode=proc.returncode, wall_s=round(wall, 3),
         cpu_user_s=round(usage.ru_utime, 3), cpu_sys_s=round(usage.ru_stime, 3),
-        peak_rss_bytes=usage.ru_maxrss * 1024, cpus=sorted(cpus), omp_num_threads=threads,
+        peak_rss_bytes=usage.ru_maxrss * 1024, cpus=applied, omp_num_threads=threads,
         timed_out=timed_out, errors=errors, warnings=warnings, versions=versions,
         products=sorted(outdir.glob("*.fits")), log_path=log_path if log_path.exists() else None,
     )

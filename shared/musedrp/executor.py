@@ -53,6 +53,11 @@ class LocalExecutor:
     a job whose estimate alone exceeds the budget is never started and fails with that
     reason.  Jobs downstream of a failure are skipped with the upstream job named.
 
+    A per-IFU job gets one core.  A merging job (``StageSpec.multicore``: standard, scipost)
+    gets every free core when it starts and, while it runs, every core that other jobs free
+    (before any new job gets one): it no longer stays on one core because another job held
+    the second when it started.
+
     With ``prune``, a job's pixel tables (0.37 GB per IFU and exposure, most of a night's
     output) are deleted as soon as every job of the plan that reads them has succeeded; its
     manifest keeps their names under ``pruned``.  Such a job counts as done while all its
@@ -71,7 +76,7 @@ class LocalExecutor:
         self.heartbeat_s, self.prune = heartbeat_s, prune
         self.stage_for = stage_for or (lambda name: (BY_NAME[name].spec, BY_NAME[name].compute()))
 
-    def _execute(self, order: WorkOrder, cpus: list[int]) -> JobResult:
+    def _execute(self, order: WorkOrder, cpus: Sequence[int]) -> JobResult:
         try:
             spec, compute = self.stage_for(order.stage)
             return runner.execute(order, spec, compute, self.out_root, cpus, self.scratch)
@@ -125,7 +130,7 @@ class LocalExecutor:
         pending = sorted(orders, key=lambda o: waiting[o.job_key], reverse=True)
         free = sorted(self.cpus)
         mem_in_use = 0.0
-        running: dict[Future[JobResult], tuple[WorkOrder, list[int]]] = {}
+        running: dict[Future[JobResult], tuple[WorkOrder, Sequence[int]]] = {}
         total, t0, last_beat = len(orders), time.monotonic(), time.monotonic()
         if self.registry:
             self.registry.record_orders(orders)
@@ -173,8 +178,10 @@ class LocalExecutor:
                         ready = all(results.get(n) and results[n].outcome in OK for n in o.needs)
                         if ready and free and mem_in_use + o.memory_gb <= self.memory_gb:
                             pending.remove(o)
-                            n = len(free) if self.stage_for(o.stage)[0].multicore else 1
-                            cpus, free = free[:n], free[n:]
+                            if self.stage_for(o.stage)[0].multicore:
+                                cpus, free = esorex.CpuGrant(free, len(self.cpus)), []
+                            else:
+                                cpus, free = free[:1], free[1:]
                             mem_in_use += o.memory_gb
                             if self.registry:
                                 self.registry.set_state(o.job_key, "running")
@@ -186,9 +193,13 @@ class LocalExecutor:
                     finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         o, cpus = running.pop(fut)
-                        free = sorted(free + cpus)
+                        free = sorted([*free, *cpus])
                         mem_in_use -= o.memory_gb
                         settle(fut.result())
+                    for _, cpus in running.values():  # freed cores go to a merging job first
+                        if isinstance(cpus, esorex.CpuGrant) and free:
+                            cpus.grant(free)
+                            free = []
                     if not finished and time.monotonic() - last_beat > self.heartbeat_s:
                         last_beat = time.monotonic()
                         names = ", ".join(describe(o) for o, _ in running.values())

@@ -3,6 +3,7 @@
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def fake(tmp_path, monkeypatch):
         monkeypatch.setenv("FAKE_ESOREX_MODE", mode)
         work = tmp_path / "work"
         result = esorex.run_recipe("muse_bias", [esorex.SofEntry(raw, Tag.BIAS)], ["--nifu=1"],
-                                   work, list(cpus), timeout, esorex=str(FAKE), threads=threads)
+                                   work, cpus if isinstance(cpus, esorex.CpuGrant) else list(cpus),
+                                   timeout, esorex=str(FAKE), threads=threads)
         return result, json.loads((work / "probe.json").read_text())
     return run
 
@@ -56,6 +58,21 @@ def test_two_cpus_two_threads(fake):
     _, probe = fake(cpus=cpus)
     assert probe["affinity"] == cpus
     assert probe["env"]["OMP_NUM_THREADS"] == "2"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to pin to")
+def test_cpus_granted_while_running_reach_every_thread(fake, tmp_path):
+    first, second = sorted(os.sched_getaffinity(0))[:2]
+    grant = esorex.CpuGrant([first], most=2)
+    timer = threading.Timer(1.0, grant.grant, [[second]])
+    timer.start()
+    run, probe = fake("widen", cpus=grant)
+    timer.join()
+    assert probe["affinity"] == [first]  # started on one CPU, with OpenMP sized for two
+    assert probe["env"]["OMP_NUM_THREADS"] == "2"
+    widened = json.loads((tmp_path / "work" / "widened.json").read_text())
+    assert widened == {"thread": [first, second], "main": [first, second]}
+    assert (run.cpus, run.omp_num_threads) == ([first, second], 2)
 
 
 def test_sof_log_versions_and_products(fake, tmp_path):

@@ -100,15 +100,18 @@ def test_flat_starts_when_its_own_bias_is_done(tmp_path, raw):
     assert compute.started["f2"] >= compute.ended["b2"]
 
 
-def test_a_multicore_stage_takes_every_free_core(tmp_path, raw):
-    compute = FakeCompute(durations={"b1": 0.3, "b2": 0.3, "s1": 0.3, "s2": 0.3})
+def test_a_multicore_stage_takes_every_free_core_and_those_freed_later(tmp_path, raw):
+    compute = FakeCompute(durations={"b1": 0.3, "b2": 0.3, "s1": 1.5, "b3": 0.1, "s2": 0.3})
     orders = [make_order("b1", "bias", 1, raw), make_order("b2", "bias", 2, raw),
               make_order("s1", "scipost", 1, raw),
-              make_order("s2", "scipost", 2, raw, needs=["b1", "b2", "s1"])]
+              make_order("s2", "scipost", 2, raw, needs=["b1", "b2", "s1"]),
+              make_order("b3", "bias", 3, raw)]
     results = executor(tmp_path, compute, cpus=3).run(orders)
     cpus = {k: r.manifest["run"]["cpus"] for k, r in results.items()}
     assert len(cpus["b1"]) == len(cpus["b2"]) == 1  # per-IFU: one core each
-    assert len(cpus["s1"]) == 1  # started beside the biases: the one core left
+    assert compute.started["s1"] < compute.ended["b1"]  # started beside the biases, on the
+    assert cpus["s1"] == [0, 1, 2]  # one core left; given theirs when they ended
+    assert compute.started["b3"] >= compute.ended["s1"]  # so b3 waited for s1
     assert cpus["s2"] == [0, 1, 2]  # alone: all three
 
 
