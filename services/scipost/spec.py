@@ -52,8 +52,10 @@ SPEC = StageSpec(
     products=(Product(Tag.DATACUBE_FINAL), Product(Tag.IMAGE_FOV, numbered=True)),
     params=ScipostParams,
     per_ifu=False,
-    # measured: 3.10 GB, 124 s for 3 IFUs with skymethod=simple (1.88 GB with none, MUSE.md)
-    memory=MemoryModel(base_gb=0.1, per_frame_gb=0.0, per_ifu_gb=1.0),
+    # measured with skymethod=simple on 1-6 IFUs: 0.14 + 1.000 GB per IFU, linear to 1 %
+    # (benchmarks/results/scipost_memory.md; 1.88 GB for 3 IFUs with none, MUSE.md); half
+    # the wavelength range takes half the memory
+    memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC SCIPOST \w+",)},
