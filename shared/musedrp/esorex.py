@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,23 +67,24 @@ class CpuGrant(Sequence[int]):
     """The CPUs a running recipe may use, growing while it runs: the executor hands the cores
     that other jobs free to a multicore job, and ``run_recipe`` widens the recipe's affinity
     to them.  OpenMP's thread count is fixed at start, so it is ``most``, the CPUs the
-    recipe could ever get (a thread more than cores costs 0-3 %, benchmarks/fanin_threads)."""
+    recipe could ever get (a thread more than cores costs 0-3 %, benchmarks/fanin_threads).
+
+    ``grant`` replaces the list, never changes it: a reader sees the old set or the new one."""
 
     def __init__(self, cpus: Iterable[int], most: int) -> None:
         self._cpus, self.most = sorted(cpus), most
-        self._lock = threading.Lock()
 
     def grant(self, cpus: Iterable[int]) -> None:
-        with self._lock:
-            self._cpus = sorted({*self._cpus, *cpus})
+        self._cpus = sorted({*self._cpus, *cpus})
 
     def __getitem__(self, i):
-        with self._lock:
-            return self._cpus[i]
+        return self._cpus[i]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._cpus)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._cpus)
+        return len(self._cpus)
 
 
 def _set_affinity(pid: int, cpus: Sequence[int]) -> None:
