@@ -36,10 +36,12 @@ def main() -> int:
                     for p in args.reduced.glob("products/*/*/*/*/error.txt"))
     lines = [f"# Cost of each stage, from the manifests of `{args.reduced.name}`", "",
              f"Command: `{' '.join(['python', *sys.argv])}`  ",
-             f"Date: {date.today()}; each job pinned to its CPU set (one core; standard and "
-             "scipost every core free when they started), OMP_NUM_THREADS its size.", "",
-             "| stage | jobs | wall mean [s] | wall max [s] | CPU mean [s] | peak RSS max [GB] |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             f"Date: {date.today()}; each job pinned to its CPU set. CPUs: the most a job of "
+             "the stage ended with, as its manifest records (standard and scipost get more "
+             "than one).", "",
+             "| stage | jobs | wall mean [s] | wall max [s] | CPU mean [s] | CPUs | "
+             "peak RSS max [GB] |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for stage in (s.name for s in STAGES):
         rs = runs.get(stage)
         if not rs:
@@ -47,7 +49,7 @@ def main() -> int:
         walls = [r["wall_s"] for r in rs]
         cpu = [r["cpu_user_s"] + r["cpu_sys_s"] for r in rs]
         lines.append(f"| {stage} | {len(rs)} | {sum(walls) / len(rs):.1f} | {max(walls):.1f} | "
-                     f"{sum(cpu) / len(rs):.1f} | "
+                     f"{sum(cpu) / len(rs):.1f} | {max(len(r['cpus']) for r in rs)} | "
                      f"{max(r['peak_rss_bytes'] for r in rs) / 1e9:.2f} |")
     total = sum(r["cpu_user_s"] + r["cpu_sys_s"] for rs in runs.values() for r in rs)
     lines += ["", f"Total CPU time of all jobs: {total / 60:.1f} min."]

@@ -67,7 +67,8 @@ class CpuGrant(Sequence[int]):
     """The CPUs a running recipe may use, growing while it runs: the executor hands the cores
     that other jobs free to a multicore job, and ``run_recipe`` widens the recipe's affinity
     to them.  OpenMP's thread count is fixed at start, so it is ``most``, the CPUs the
-    recipe could ever get (a thread more than cores costs 0-3 %, benchmarks/fanin_threads).
+    recipe could ever get (two threads on one core cost muse_standard 2 %,
+    benchmarks/results/fanin_threads_widening.md).
 
     ``grant`` replaces the list, never changes it: a reader sees the old set or the new one."""
 

@@ -1,7 +1,8 @@
 """Embedded mode: run work orders on this machine, within a memory budget, each job as soon
 as the jobs it needs have succeeded, pinned to one core (a second gains nothing for the
-per-IFU recipes) or, for a stage that uses more, to every core free when it starts
-(``StageSpec.multicore``; benchmarks/results/pinning.md and fanin_threads.md)."""
+per-IFU recipes) or, for a stage that uses more, to every core free when it starts and
+those freed while it runs (``StageSpec.multicore``; benchmarks/results/pinning.md and
+fanin_threads*.md)."""
 
 import time
 import traceback
