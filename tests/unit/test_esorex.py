@@ -64,10 +64,17 @@ def test_two_cpus_two_threads(fake):
 def test_cpus_granted_while_running_reach_every_thread(fake, tmp_path):
     first, second = sorted(os.sched_getaffinity(0))[:2]
     grant = esorex.CpuGrant([first], most=2)
-    timer = threading.Timer(1.0, grant.grant, [[second]])
-    timer.start()
+
+    def grant_once_started() -> None:  # the fake writes its probe first, then waits
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "work" / "probe.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        grant.grant([second])
+
+    granter = threading.Thread(target=grant_once_started, daemon=True)
+    granter.start()
     run, probe = fake("widen", cpus=grant)
-    timer.join()
+    granter.join()
     assert probe["affinity"] == [first]  # started on one CPU, with OpenMP sized for two
     assert probe["env"]["OMP_NUM_THREADS"] == "2"
     widened = json.loads((tmp_path / "work" / "widened.json").read_text())
