@@ -85,11 +85,9 @@ class LocalExecutor:
             return self._failed(order, f"internal error: {err!r}\n{traceback.format_exc()}")
 
     def _failed(self, order: WorkOrder, reason: str) -> JobResult:
-        """A job that failed outside the runner, with ``error.txt`` where the runner leaves
-        its own (so that ``musedrp report`` shows the reason)."""
+        """A job that failed outside the runner, its reason recorded as the runner does."""
         directory = self.out_root / order.product_dir
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "error.txt").write_text(reason.rstrip("\n") + "\n")
+        provenance.write_error(directory, reason)
         return JobResult(order, "failed", directory, reason=reason)
 
     def _prune(self, order: WorkOrder) -> None:

@@ -16,6 +16,7 @@ import musedrp
 from musedrp.messages import InputFile
 
 MANIFEST = "manifest.json"
+ERROR_FILE = "error.txt"  # why a job failed, beside where its products would be
 
 
 @functools.cache
@@ -82,6 +83,12 @@ def write_manifest(directory: Path, content: dict[str, Any]) -> dict[str, Any]:
     tmp.write_text(text + "\n")
     tmp.replace(directory / MANIFEST)
     return json.loads(text)
+
+
+def write_error(directory: Path, reason: str) -> None:
+    """Record why the job of ``directory`` failed (``musedrp report`` shows it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ERROR_FILE).write_text(reason.rstrip("\n") + "\n")
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:

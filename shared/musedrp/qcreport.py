@@ -21,7 +21,7 @@ from astropy.io import fits
 
 from musedrp import qcplot
 from musedrp.messages import WorkOrder
-from musedrp.provenance import MANIFEST
+from musedrp.provenance import ERROR_FILE, MANIFEST
 
 plt = qcplot.plt  # the Agg backend, chosen once
 STYLE = """
@@ -73,9 +73,9 @@ def load(out: Path) -> tuple[dict[str, Any], list[Job]]:
         if (d / MANIFEST).exists():
             jobs[order["job_key"]] = Job(order, d, "succeeded", json.loads((d / MANIFEST)
                                                                              .read_text()))
-        elif (d / "error.txt").exists():
+        elif (d / ERROR_FILE).exists():
             jobs[order["job_key"]] = Job(order, d, "failed", {},
-                                         (d / "error.txt").read_text().strip())
+                                         (d / ERROR_FILE).read_text().strip())
         else:
             bad = [k for k in order["needs"] if jobs.get(k) and jobs[k].state != "succeeded"]
             reason = f"upstream {jobs[bad[0]].label} did not succeed" if bad else ""

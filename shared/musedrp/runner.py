@@ -96,7 +96,7 @@ def execute(
             result = compute_fn(order, workdir, cpus)
         except MusedrpError as err:
             _keep_logs(workdir, final)
-            (final / "error.txt").write_text(f"{err}\n")
+            provenance.write_error(final, str(err))
             run = err.metadata.get("run")
             record = {"run": _run_record(run)} if run else {}
             return JobResult(order, "failed", final, reason=str(err), manifest=record, error=err)
@@ -104,7 +104,7 @@ def execute(
             provenance.stamp(path, order.job_key)
             shutil.move(path, final / name)
         _keep_logs(workdir, final)
-        (final / "error.txt").unlink(missing_ok=True)
+        (final / provenance.ERROR_FILE).unlink(missing_ok=True)
         plots = qcplot.plot_products({n: final / n for n in result.products}, final)
         manifest = provenance.write_manifest(final, {
             "job_key": order.job_key, "stage": order.stage, "night": order.night,
