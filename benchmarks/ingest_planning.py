@@ -6,8 +6,10 @@ Ingest: bias frames with 1 to 24 IFUs are put into a ``weed mini`` S3 server and
 as the ingest service does (buffered ranged GETs of header blocks): bytes read, GET requests
 and time, against the file size.  Planning: a registry (SQLite, in a temporary directory)
 filled with the frames of N simulated 24-IFU nights (headers only: no pixels are written),
-then the planner service's ``plan()`` timed twice: the first plan (every job new) and a
-re-plan with nothing new (what a late frame costs).  Writes
+then the planner service timed as it runs: the first plan (every night, every job new), a
+re-plan of every night with nothing new (a restart), a re-plan after one new frame in the
+middle night (what a late frame costs: the nights within ``SEARCH_DAYS`` of it), and the issue
+after one bias job finished (its dependents only).  Writes
 ``results/ingest_planning.{md,json,png}``.
 """
 
@@ -24,11 +26,14 @@ import matplotlib.pyplot as plt
 
 from musedrp import s3server, storage
 from musedrp.frames import Frame, classify, classify_dir, classify_header
+from musedrp.messages import Envelope, FrameRegistered, JobFinished
+from musedrp.planner import SEARCH_DAYS
 from musedrp.registry import Registry
-from musedrp.services.planner.service import Planner
+from musedrp.services.planner.service import ALL, Planner
 from musedrp.settings import Settings
 from musedrp.simulate import detector, night
 from musedrp.simulate.static import write_static
+from musedrp.tags import Tag
 
 from common import NIGHT, timed, write_results
 
@@ -89,6 +94,20 @@ def shifted(frame: Frame, days: int) -> Frame:
         "arcfile": name, "name": name, "path": f"raw/{night_}/{name}"})
 
 
+def late_frame(frames: list[Frame]) -> Frame:
+    """One more science exposure of the middle night, a minute after its last one."""
+    science = sorted((f for f in frames if f.tag == Tag.OBJECT), key=lambda f: f.mjd)
+    nights = sorted({f.night for f in science})
+    last = [f for f in science if f.night == nights[len(nights) // 2]][-1]
+    name = last.name.replace(".fits", ".late.fits")
+    return last.model_copy(update={"mjd": last.mjd + 1 / 1440, "name": name, "arcfile": name,
+                                   "path": f"raw/{last.night}/{name}"})
+
+
+def event(kind: str, payload) -> Envelope:
+    return Envelope(type=kind, source="benchmark", payload=payload)
+
+
 def planning(nights: list[int], tmp: Path) -> list[dict]:
     statics, _ = classify_dir(Path(write_static(tmp / "static")[0]).parent)
     one = first_night()
@@ -99,12 +118,30 @@ def planning(nights: list[int], tmp: Path) -> list[dict]:
         frames = statics + [shifted(f, d) for d in range(n) for f in one]
         registry.record_frames(frames, {f.path: ("registered", "") for f in frames})
         planner = Planner(registry, Settings.load({}), "2.8.7", log)
-        first_s, _ = timed(planner.plan)
-        again_s, _ = timed(planner.plan)
+        first_s, _ = timed(planner.plan, {ALL})
+        again_s, _ = timed(planner.plan, {ALL})
+        late = late_frame(frames)
+        registry.record_frames([late], {late.path: ("registered", "")})
+        planner.touched.clear()
+        planner.handle(event("frame.registered", FrameRegistered(
+            key=late.path, night=late.night, tag=late.tag, status="registered")), 1)
+        touched = set(planner.touched)
+        one_s, planned = timed(planner.plan, touched)
+        replanned = registry.nights(touched, SEARCH_DAYS)
+        planner.issue(lambda env: None)  # at start-up: the biases of every night
+        bias = next(j for j in registry.jobs("queued") if j.night == late.night)
+        planner.handle(event("job.finished", JobFinished(
+            job_key=bias.key, stage=bias.stage, night=bias.night, ifu=bias.ifu,
+            outcome="succeeded")), 1)
+        issue_s, _ = timed(planner.issue, lambda env: None)
         jobs = len(registry.jobs())
         registry.close()
-        records.append({"nights": n, "frames": len(frames), "jobs": jobs,
-                        "first_plan_s": round(first_s, 2), "replan_s": round(again_s, 2)})
+        records.append({"nights": n, "frames": len(frames), "frames_per_night": len(one),
+                        "jobs": jobs, "first_plan_s": round(first_s, 2),
+                        "replan_s": round(again_s, 2), "replan_one_frame_s": round(one_s, 2),
+                        "replan_one_frame_nights": len(replanned),
+                        "replan_one_frame_jobs": len(planned),
+                        "issue_one_finished_s": round(issue_s, 3)})
         print(records[-1], flush=True)
     return records
 
@@ -122,8 +159,9 @@ def main() -> int:
     ingest_table += [f"| {r['ifus']} | {r['size_bytes'] / 1e6:.0f} | {r['bytes_read']} | "
                      f"{r['gets']} | {r['bytes_read'] / r['size_bytes']:.1e} | {r['seconds']} |"
                      for r in ing]
-    rows = [(r["nights"], r["frames"], r["jobs"], r["first_plan_s"],
-             r["replan_s"]) for r in plan]
+    rows = [(r["nights"], r["frames"], r["jobs"], r["first_plan_s"], r["replan_s"],
+             r["replan_one_frame_s"], r["replan_one_frame_nights"], r["replan_one_frame_jobs"],
+             r["issue_one_finished_s"]) for r in plan]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].loglog([r["size_bytes"] for r in ing], [r["bytes_read"] for r in ing], "o-")
     axes[0].set_xlabel("file size [bytes]")
@@ -132,18 +170,28 @@ def main() -> int:
     xs = [r["nights"] for r in plan]
     axes[1].loglog(xs, [r["first_plan_s"] for r in plan], "o-", label="first plan")
     axes[1].loglog(xs, [r["replan_s"] for r in plan], "s-", label="re-plan, nothing new")
-    axes[1].set_xlabel("nights in the registry (24 IFUs, 84 frames each)")
+    axes[1].loglog(xs, [r["replan_one_frame_s"] for r in plan], "^-",
+                   label="re-plan after one new frame")
+    axes[1].loglog(xs, [r["issue_one_finished_s"] for r in plan], "v-",
+                   label="issue after one job.finished")
+    axes[1].set_xlabel(f"nights in the registry (24 IFUs, {plan[0]['frames_per_night']} "
+                       "frames each)")
     axes[1].set_ylabel("seconds")
     axes[1].set_title("planner: plan() against registry size")
     axes[1].legend()
     notes = ["Ingest: one bias frame per IFU count, classified from S3 by the ingest "
              "service's code (64 KiB buffered ranged GETs).", "", *ingest_table, "",
-             "Planning: the planner service's `plan()` (load every frame, plan every night, "
-             "record jobs and frame states) on SQLite. The nights are one simulated night's frames "
-             "moved by whole days."]
+             "Planning: the planner service's `plan()` on SQLite; the nights are one simulated "
+             "night's frames moved by whole days. First plan and re-plan: every night (load "
+             "every frame, plan, record jobs and frame states), as at start-up. After one new "
+             "frame (an object exposure in the middle night): the nights with frames within "
+             "SEARCH_DAYS of it, from the frames within SEARCH_DAYS of those. Issue: after one "
+             "bias job.finished, the waiting jobs that need it."]
     print(write_results("ingest_planning", "Ingest bytes per frame; planning against nights",
                         notes, ["nights", "frames", "jobs", "first plan [s]",
-                                "re-plan [s]"], rows,
+                                "re-plan, nothing new [s]", "re-plan after one frame [s]",
+                                "nights re-planned", "jobs of that plan",
+                                "issue after one job.finished [s]"], rows,
                         {"ingest": ing, "planning": plan}, fig))
     return 0
 

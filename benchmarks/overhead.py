@@ -7,8 +7,8 @@
 classification to QC plots; (c) the services: ingest, planner and the bias and flat
 workers (pinned to CPU 0) on a RabbitMQ vhost, a ``weed mini`` S3 server and a PostgreSQL
 database of their own, from the first upload to the flat's ``succeeded``.  The raw
-directory also holds one object frame (unused: there are no arcs), because musedrp plans
-calibrations only for science.  Each repetition runs the three paths in a rotated order.
+directory holds calibrations only (musedrp reduces such a night's masters).  Each
+repetition runs the three paths in a rotated order.
 Writes ``results/overhead.{md,json,png}``.
 """
 
@@ -133,9 +133,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="musedrp-bench-") as tmp:
         raw = Path(tmp) / "raw"
         gen_s, frames = timed(lambda: {k.upper(): write_frames(k, n, [1], raw)
-                                       for k, n in (("bias", FRAMES), ("flat", FRAMES),
-                                                    ("object", 1))})
-        print(f"simulated {2 * FRAMES + 1} one-IFU frames in {gen_s:.0f} s", flush=True)
+                                       for k, n in (("bias", FRAMES), ("flat", FRAMES))})
+        print(f"simulated {2 * FRAMES} one-IFU frames in {gen_s:.0f} s", flush=True)
         for rep in range(args.reps):
             order = PATHS[rep % 3:] + PATHS[:rep % 3]
             for path in order:

@@ -17,7 +17,7 @@ from musedrp import esorex, metrics, runner, service, storage
 from musedrp.broker import Handler
 from musedrp.errors import DataError, Transient
 from musedrp.messages import Envelope, JobFinished, ProductCreated, WorkOrder
-from musedrp.provenance import MANIFEST
+from musedrp.provenance import ERROR_FILE, MANIFEST
 from musedrp.settings import Settings
 from musedrp.stages import product_tag
 from musedrp.topology import BY_NAME, Stage, work_key
@@ -36,7 +36,7 @@ class StageWorker(Handler):
         order: WorkOrder = env.payload
         if env.type != work_key(self.name):
             raise DataError(f"a {env.type} message on the {work_key(self.name)} queue")
-        if (manifest := self.store.get_json(f"{order.product_dir}/{MANIFEST}")) is not None:
+        if (manifest := self.store.get_json(order.product_key(MANIFEST))) is not None:
             self.log.info("%s: products exist (manifest found), nothing to run", order)
             return self._events(env, order, manifest, "cached", attempt)
         metrics.IN_PROGRESS.labels(self.name).inc()
@@ -57,6 +57,8 @@ class StageWorker(Handler):
                           esorex.format_cpus(self.cpus))
             result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
                                     self.cpus, Path(tmp), [f.path for f in order.inputs])
+            if result.error is None:  # an earlier attempt's, wrong now; gone before the manifest
+                self.store.delete(order.product_key(ERROR_FILE))
             storage.upload_dir(self.store, result.directory, order.product_dir)
             if result.error is not None:
                 raise result.error
@@ -65,11 +67,21 @@ class StageWorker(Handler):
             return self._events(env, order, result.manifest, "succeeded", attempt)
 
     def _download(self, order: WorkOrder, root: Path) -> WorkOrder:
-        """Every input into its own folder (names kept: esorex products cite them)."""
+        """Every input into its own folder (names kept: esorex products cite them).
+
+        Raises
+        ------
+        DataError
+            An input's path is not an object key (absolute, ``..``, control characters).
+        """
         inputs = []
         for i, f in enumerate(order.inputs):
-            dest = root / f"{i:03d}" / Path(f.path).name
-            self.store.get_file(f.path, dest)
+            try:
+                key = storage.check_key(f.path)
+            except ValueError as err:
+                raise DataError(f"input {i + 1} ({f.tag}): {err}") from err
+            dest = storage.under(root, root / f"{i:03d}" / key.rpartition("/")[2])
+            self.store.get_file(key, dest)
             inputs.append(f.model_copy(update={"path": str(dest)}))
         timeout = self.settings.timeout_s or order.timeout_s
         return order.model_copy(update={"inputs": tuple(inputs), "timeout_s": timeout})
@@ -80,7 +92,7 @@ class StageWorker(Handler):
         cpu_s = run["cpu_user_s"] + run["cpu_sys_s"] if run else None
         result = runner.JobResult(order, outcome, Path(), manifest=manifest)
         qc = runner.headline_qc(self.spec, result)
-        keys = {name: f"{order.product_dir}/{name}" for name in result.products}
+        keys = {name: order.product_key(name) for name in result.products}
         if outcome == "succeeded":
             metrics.RECIPE_DURATION.labels(self.name).observe(run["wall_s"])
             metrics.RECIPE_CPU.labels(self.name).inc(cpu_s)

@@ -33,6 +33,17 @@ BASE_KEYS = {  # dotted short form for ESO keywords, as in MUSE.md
 }
 
 
+def job_key(name: str) -> str:
+    """A valid job key (16 hex digits) spelling ``name`` (up to 8 ASCII characters), so that
+    tests keep readable job names: ``job_key("b1") == "0000000000006231"``."""
+    return name.encode().hex().rjust(16, "0")
+
+
+def job_name(key: str) -> str:
+    """The name ``job_key`` spelled."""
+    return bytes.fromhex(key).lstrip(b"\0").decode()
+
+
 def card(key: str) -> str:
     """``DPR.TYPE`` -> ``HIERARCH ESO DPR TYPE``; plain FITS keys stay as they are."""
     return "HIERARCH ESO " + key.replace(".", " ") if "." in key else key

@@ -6,6 +6,7 @@ It records what it was started with (CPU affinity, environment) into ``probe.jso
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ allowed = next(line.split(":")[1].strip() for line in status.splitlines()
                if line.startswith("Cpus_allowed_list"))
 (logdir / "probe.json").write_text(json.dumps({
     "cpus_allowed_list": allowed, "affinity": sorted(os.sched_getaffinity(0)),
-    "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP", "MUSE", "ESOREX", "HOME"))},
+    "env": dict(os.environ),
     "argv": sys.argv[1:], "pgid": os.getpgid(0), "pid": os.getpid(),
 }))
 log = logdir / opts.get("--log-file", "esorex.log")
@@ -31,6 +32,13 @@ log.write_text("12:00:00 [ INFO  ] : [tid=000] This is EsoRex, version 9.9.9\n"
                "12:00:00 [ INFO  ] muse_processing_recipeinfo: [tid=000] MUSE Instrument "
                "Pipeline v2.8.7\n"
                "12:00:01 [WARNING] muse_fake: [tid=000] a warning\n")
+# the SOF as esorex reads it (--check-sof-exist=TRUE): "<file> <tag>" split on blanks, each
+# file opened from the working directory
+for line in Path(sys.argv[-1]).read_text().splitlines():
+    if len(fields := line.split()) != 2 or not Path(fields[0]).is_file():
+        with log.open("a") as f:
+            f.write(f"12:00:01 [ ERROR ] esorex: [tid=000] unreadable SOF line {line!r}\n")
+        sys.exit(1)
 if mode == "hang":
     child = subprocess.Popen(["sleep", "1000"])  # noqa: S603, S607
     (logdir / "child.pid").write_text(str(child.pid))
@@ -51,6 +59,8 @@ if mode == "widen":  # wait for a second CPU, in a thread started before it was 
     seen["main"] = sorted(os.sched_getaffinity(0))
     (logdir / "widened.json").write_text(json.dumps(seen))
     mode = "ok"
+if mode == "sigkill":  # as the kernel's out-of-memory killer would
+    os.kill(os.getpid(), signal.SIGKILL)
 if mode == "fail":
     with log.open("a") as f:
         f.write("12:00:02 [ ERROR ] muse_fake: [tid=000] something broke\n")

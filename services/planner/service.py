@@ -1,28 +1,61 @@
 """Planner: re-plans from the registry when frames stop arriving, and issues work orders as
 soon as the jobs they need have succeeded.
 
-Planning is the same function as in embedded mode (``planner.plan_night``), run on every
-registered frame; a job is known by its content-derived key, so re-planning the same frames
-adds nothing and publishes nothing twice.  State lives in the registry only: a restarted
-planner plans at once and carries on.  Frames arriving after a night was planned re-plan it;
-a better calibration then gives new job keys (new work), never a changed old job.
+Planning is the same function as in embedded mode (``planner.plan_night``); a job is known by
+its content-derived key, so re-planning the same frames adds nothing and publishes nothing
+twice.  A new frame re-plans only the nights that may use it (those within ``SEARCH_DAYS``),
+from the frames those may use.  Planning runs in a thread of its own, so that the connection
+thread keeps sending heartbeats (planning a year takes minutes); what it planned is issued on
+the connection thread, the only one publishing.  State lives in the registry only: a
+restarted planner plans every night at once and carries on.  Frames arriving after a night
+was planned re-plan it; a better calibration then gives new job keys (new work), never a
+changed old job.
 """
 
 import logging
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from datetime import date
 from pathlib import Path
 
 from musedrp import esorex, metrics, service
 from musedrp.broker import Handler
-from musedrp.errors import NoWork
+from musedrp.errors import DataError, NoWork
 from musedrp.messages import Envelope, WorkOrder, night_correlation
-from musedrp.planner import plan_night
+from musedrp.planner import SEARCH_DAYS, plan_night
 from musedrp.registry import OK_STATES, Registry, unavailable_is_transient
 from musedrp.settings import Settings
+from musedrp.tags import STATIC_TAGS
 from musedrp.topology import work_key
 
 FAILED_STATES = ("failed", "skipped", "blocked")
+WAITING = ("planned", "blocked")  # the jobs issue() may publish or block
+ALL = "*"  # among the touched nights or the jobs due: all of them
+
+
+def checked(night: str) -> str:
+    """``night``, or DataError: an impossible date would fail every planning after it."""
+    try:
+        return date.fromisoformat(night).isoformat()
+    except ValueError as err:
+        raise DataError(f"night {night!r} is not a date") from err
+
+
+def in_thread(fn: Callable[[set[str]], list[str]], arg: set[str]) -> Future[list[str]]:
+    """``fn(arg)`` in a daemon thread: a shutdown does not wait for it (its registry writes
+    are transactions, and a restarted planner plans again)."""
+    done: Future[list[str]] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn(arg))
+        except Exception as err:  # raised again on the connection thread by done.result()
+            done.set_exception(err)
+
+    threading.Thread(target=run, name="planning", daemon=True).start()
+    return done
 
 
 class Planner(Handler):
@@ -33,14 +66,21 @@ class Planner(Handler):
         self.registry, self.settings, self.version, self.log = registry, settings, version, log
         self.clock = clock
         self.last_frame = float("-inf")
-        self.replan = True  # at start-up: whatever happened while we were away
-        self.dispatch = True
+        # at start-up, whatever happened while we were away: every night, every waiting job
+        self.touched = {ALL}  # nights with new frames
+        self.due = {ALL}  # jobs to look at: just planned
+        self.finished: set[str] = set()  # jobs whose dependents may now run (or be blocked)
+        self.planning: tuple[set[str], Future[list[str]]] | None = None  # touched, result
 
     def handle(self, env: Envelope, attempt: int) -> list[Envelope]:
         p = env.payload
         with unavailable_is_transient():
             if env.type == "frame.registered":
-                self.last_frame, self.replan = self.clock(), True
+                self.last_frame = self.clock()
+                if p.tag in STATIC_TAGS:  # valid for any night
+                    self.touched.add(ALL)
+                elif p.tag is not None:  # a rejected frame enters no plan
+                    self.touched.add(checked(p.night))
             elif env.type == "job.finished":
                 job = self.registry.job(p.job_key)
                 if job is None:
@@ -49,68 +89,83 @@ class Planner(Handler):
                 if not (p.outcome == "cached" and job.state == "succeeded"):  # a duplicate
                     self.registry.set_state(p.job_key, p.outcome, p.reason, p.wall_s,
                                             p.peak_rss_bytes)
-                self.dispatch = True
+                self.finished.add(p.job_key)
             elif env.type == "product.created":
                 self.registry.record_products(p.job_key, p.ifu, [(p.key, p.tag, {})])
         return []
 
     def idle(self, publish: Callable[[Envelope], None]) -> None:
-        quiet = self.clock() - self.last_frame >= self.settings.plan_quiet_s
-        with unavailable_is_transient():  # flags are cleared only once the work is done
-            if self.replan and quiet:
-                self.plan()
-                self.replan = False
-            if self.dispatch:
+        """Collect a finished planning, start the next one once frames stop arriving (one at
+        a time, in its thread), and issue what may run.  What fails is kept (the touched
+        nights, the jobs due) and raised: the consumer calls again later."""
+        with unavailable_is_transient():
+            if self.planning is not None and self.planning[1].done():
+                touched, done = self.planning
+                self.planning = None
+                if done.exception() is not None:
+                    self.touched |= touched
+                self.due.update(done.result())
+            quiet = self.clock() - self.last_frame >= self.settings.plan_quiet_s
+            if self.planning is None and self.touched and quiet:
+                self.planning = self.touched, in_thread(self.plan, self.touched)
+                self.touched = set()
+            if self.due or self.finished:
                 self.issue(publish)
-                self.dispatch = False
 
-    def plan(self) -> None:
-        frames = self.registry.load_frames()
+    def plan(self, touched: set[str]) -> list[str]:
+        """Re-plan the nights within SEARCH_DAYS of the nights ``touched`` (``ALL``: every
+        night) from the frames they may use; record the new jobs and the status of the
+        touched nights' frames (those of other nights may serve nights not planned here).
+        Returns the keys of the jobs planned.  Runs in the planning thread."""
+        nights = None if ALL in touched else self.registry.nights(touched, SEARCH_DAYS)
+        frames = self.registry.load_frames(nights, SEARCH_DAYS)
         try:
             plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
-                              memory_gb=self.settings.memory_gb, reduce_sky=self.settings.sky)
+                              memory_gb=self.settings.memory_gb, reduce_sky=self.settings.sky,
+                              nights=nights)
         except NoWork as err:
             self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames), err)
-            return
-        known = {j.key for j in self.registry.jobs()}
-        self.registry.record_orders(plan.orders)
-        self.registry.record_frames(plan.frames, {
+            return []
+        new = self.registry.record_orders(plan.orders)
+        self.registry.set_statuses({
             f.path: (status, "; ".join(why)) for f in plan.frames
-            for status, why in [plan.status(f)]})
-        new = [o for o in plan.orders if o.job_key not in known]
-        self.log.info("planned %d frame(s): %d job(s), %d new", len(frames), len(plan.orders),
-                      len(new))
+            if nights is None or f.night in touched for status, why in [plan.status(f)]})
+        self.log.info("planned %s from %d frame(s): %d job(s), %d new",
+                      "every night" if nights is None else f"{len(nights)} night(s)",
+                      len(frames), len(plan.orders), len(new))
         for line in plan.decisions:
             self.log.info("decision: %s", line)
-        self.dispatch = True
+        return [o.job_key for o in plan.orders]
 
     def issue(self, publish: Callable[[Envelope], None]) -> None:
-        """Publish every planned job whose inputs exist; block those below a failure.
+        """Publish the waiting jobs just planned or needing a job just finished, if their
+        inputs exist; block those below a failure, and the jobs below them in turn.
 
-        A blocked job is issued after all if its upstream job succeeds later (replayed)."""
-        jobs = self.registry.jobs()
-        state = {j.key: j.state for j in jobs}
-        changed = True
-        while changed:  # a block can block further jobs
-            changed = False
-            for j in jobs:
-                if state[j.key] not in ("planned", "blocked"):
-                    continue
+        A blocked job is issued after all if its upstream job succeeds later (replayed): its
+        dependents are looked at again when it finishes."""
+        jobs = (self.registry.jobs(*WAITING) if ALL in self.due else
+                self.registry.jobs(*WAITING, keys=self.due)
+                + self.registry.dependents(self.finished, *WAITING))
+        while jobs:
+            state = self.registry.states({n for j in jobs for n in j.order["needs"]})
+            blocked = []
+            for j in {j.key: j for j in jobs}.values():
                 order = WorkOrder.model_validate(j.order)
                 if bad := [n for n in order.needs if state.get(n) in FAILED_STATES]:
-                    if state[j.key] == "planned":
+                    if j.state == "planned":
                         reason = f"upstream job {bad[0]} did not succeed"
                         self.registry.set_state(j.key, "blocked", reason)
-                        state[j.key], changed = "blocked", True
+                        blocked.append(j.key)
                         self.log.warning("%s blocked: %s", order, reason)
                 elif all(state.get(n) in OK_STATES for n in order.needs):
                     publish(Envelope(type=work_key(order.stage), source="planner",
                                      correlation_id=night_correlation(order.night),
                                      payload=order))
                     self.registry.set_state(j.key, "queued")
-                    state[j.key], changed = "queued", True
                     metrics.PLANNED.labels(order.stage).inc()
                     self.log.info("issued %s", order)
+            jobs = self.registry.dependents(blocked, "planned")
+        self.due, self.finished = set(), set()
 
 
 def make(settings: Settings, log: logging.Logger) -> Planner:

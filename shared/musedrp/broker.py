@@ -39,9 +39,25 @@ log = logging.getLogger("musedrp.broker")
 ATTEMPT = "x-musedrp-attempt"
 REASON = "x-musedrp-reason"
 IDLE_RETRY_S = 10
+MAX_ATTEMPT = 1000  # far beyond any retry schedule; a larger attempt header is garbage
 # a lost connection, or a publish the broker did not take: reconnect, the message comes back
 CONNECTION_ERRORS = (pe.AMQPConnectionError, pe.AMQPChannelError, pe.ConnectionClosed,
                      pe.StreamLostError, pe.UnroutableError, pe.NackError)
+
+
+def attempt_number(headers: dict[str, Any] | None) -> int:
+    """The message's attempt, from its ``x-musedrp-attempt`` header (1 without one).
+
+    Raises
+    ------
+    BadMessage
+        The header is not an integer from 1 to ``MAX_ATTEMPT``.
+    """
+    value = (headers or {}).get(ATTEMPT, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ATTEMPT:
+        raise BadMessage(f"header {ATTEMPT} is {value!r}, not an attempt from 1 to "
+                         f"{MAX_ATTEMPT}")
+    return value
 
 
 def connection_parameters(s: Settings) -> pika.ConnectionParameters:
@@ -76,13 +92,13 @@ def declare(channel, s: Settings) -> None:
     try:
         channel.exchange_declare(EXCHANGE, "topic", durable=True)
         channel.exchange_declare(DEAD_EXCHANGE, "topic", durable=True)
-        for q in queues():
+        for q in queues(s.timeout_s):
             channel.queue_declare(q.name, durable=True, arguments={
                 "x-queue-type": "quorum", "x-delivery-limit": s.delivery_limit,
                 "x-dead-letter-exchange": DEAD_EXCHANGE, "x-dead-letter-routing-key": q.dead,
                 # honoured from RabbitMQ 3.12; older brokers need the broker-wide
                 # consumer_timeout raised above the longest recipe (see docs)
-                "x-consumer-timeout": int(q.hold_s * 1000)})
+                **consumer_timeout(q)})
             for key in q.bindings:
                 channel.queue_bind(q.name, EXCHANGE, key)
             channel.queue_declare(q.dead, durable=True, arguments={"x-queue-type": "quorum"})
@@ -93,6 +109,13 @@ def declare(channel, s: Settings) -> None:
                     "x-dead-letter-routing-key": q.name})
     except pe.ChannelClosedByBroker as err:
         raise ConfigError(f"declaring the topology failed: {err.reply_text}") from err
+
+
+def consumer_timeout(q: Queue) -> dict[str, int]:
+    """How long the broker lets a consumer hold one message of ``q``, as a queue or consumer
+    argument.  The queue keeps the argument it was first declared with; the consumer's own,
+    set at every start, wins (RabbitMQ >= 3.12), so a changed ``MUSEDRP_TIMEOUT_S`` counts."""
+    return {"x-consumer-timeout": int(q.hold_s * 1000)}
 
 
 def publish(channel, env: Envelope, routing_key: str | None = None) -> None:
@@ -119,7 +142,7 @@ def _republish(channel, exchange: str, routing_key: str, body: bytes, properties
 class Fate:
     """What happens to a message: ``outcome`` and the events to publish before the ack."""
 
-    outcome: str  # handled, skipped, failed, retried, rejected, interrupted
+    outcome: str  # handled, skipped, failed, retried, rejected, interrupted, stopped
     events: list[Envelope] = field(default_factory=list)
     reason: str = ""
     retry_delay_s: int = 0
@@ -147,11 +170,16 @@ def fate(handler: Handler, env: Envelope, attempt: int, delays: Sequence[int],
     """Run the handler and map what it raised to the message's outcome (STYLE.md §8).
 
     ``interrupted`` is asked after a failure: a recipe killed by a shutdown fails like any
-    other, but its message goes back to the queue instead of to the dead letters."""
+    other, but its message goes back to the queue instead of to the dead letters.  A
+    ``ConfigError`` (S3 credentials refused, no bucket, esorex gone) would fail every message
+    alike: the message goes back to the queue and the service stops, exit 1, for its
+    supervisor to restart it once the setting is fixed."""
     try:
         return Fate("handled", handler.handle(env, attempt))
     except Interrupted:
         return Fate("interrupted", reason="shutdown while running")
+    except ConfigError as err:
+        return Fate("stopped", reason=str(err))
     except NoWork as err:
         return Fate("skipped", handler.failed(env, "skipped", str(err), attempt), str(err))
     except Transient as err:
@@ -177,6 +205,8 @@ class Consumer:
         self.settings, self.queue, self.handler = settings, queue, handler
         self.stopping = False  # first SIGTERM: finish the running message, then exit
         self.interrupted = False  # second signal: kill the recipe, requeue, exit
+        self.fatal = ""  # a ConfigError met while handling a message: requeue it, exit 1
+        self._tag = ""  # the consumer's, on the current channel
         self._job: threading.Thread | None = None
 
     def install_signal_handlers(self) -> None:
@@ -197,8 +227,14 @@ class Consumer:
         Raises
         ------
         ConfigError
-            The broker is unreachable at start-up, or the topology cannot be declared.
+            The broker is unreachable at start-up, the topology cannot be declared, or a
+            message met a configuration error (the message was requeued).
         """
+        self._consume()
+        if self.fatal:
+            raise ConfigError(f"{self.fatal} (message requeued; stopped)")
+
+    def _consume(self) -> None:
         connection = connect(self.settings)
         delay = 1.0
         while True:
@@ -207,6 +243,7 @@ class Consumer:
                 return
             except CONNECTION_ERRORS as err:
                 log.warning("broker connection lost (%r); reconnecting", err)
+                _close(connection)  # a channel error leaves the connection itself open
             self._wait_for_job()  # its ack is lost: the broker redelivers the message
             while not self.stopping:
                 time.sleep(delay)
@@ -230,16 +267,17 @@ class Consumer:
         declare(channel, self.settings)
         channel.confirm_delivery()
         channel.basic_qos(prefetch_count=1)
-        tag = channel.basic_consume(self.queue.name, self._on_message_factory(connection, channel))
+        tag = channel.basic_consume(self.queue.name, self._on_message_factory(connection, channel),
+                                    arguments=consumer_timeout(self.queue))
+        self._tag = tag
         log.info("consuming %s", self.queue.name)
-        cancelled, next_idle = False, 0.0
+        next_idle = 0.0
         while True:
             connection.process_data_events(time_limit=1)
-            if self.stopping and not cancelled:
+            if self.stopping and tag in channel.consumer_tags:  # _settle may have cancelled
                 channel.basic_cancel(tag)
-                cancelled = True
             if self._job is None:
-                if cancelled:
+                if self.stopping:
                     break
                 if time.monotonic() >= next_idle:
                     next_idle = self._idle(channel)
@@ -258,12 +296,13 @@ class Consumer:
 
     def _on_message_factory(self, connection, channel) -> Callable[..., None]:
         def on_message(ch, method, properties, body: bytes) -> None:
-            attempt = int((properties.headers or {}).get(ATTEMPT, 1))
+            attempt = 1  # for a dead letter whose attempt header is itself what is wrong
             try:
+                attempt = attempt_number(properties.headers)
                 env = decode(body)
             except BadMessage as err:
-                self._settle(ch, method.delivery_tag, body, properties, Fate("rejected",
-                                                                              reason=str(err)))
+                self._settle(ch, method.delivery_tag, body, properties,
+                             Fate("rejected", reason=str(err)), attempt)
                 return
             self._job = threading.Thread(
                 target=self._work, name=f"job-{method.delivery_tag}", daemon=True,
@@ -283,7 +322,7 @@ class Consumer:
 
         def settle() -> None:
             try:
-                self._settle(channel, delivery_tag, body, properties, result)
+                self._settle(channel, delivery_tag, body, properties, result, attempt)
             finally:
                 self._job = None
 
@@ -293,9 +332,9 @@ class Consumer:
             log.warning("could not hand %s back to a lost connection (%r); the broker will "
                         "redeliver it", env.type, err)
 
-    def _settle(self, channel, delivery_tag: int, body: bytes, properties, result: Fate) -> None:
+    def _settle(self, channel, delivery_tag: int, body: bytes, properties, result: Fate,
+                attempt: int) -> None:
         q, headers = self.queue, properties.headers or {}
-        attempt = int(headers.get(ATTEMPT, 1))
         for env in result.events:
             publish(channel, env)
         if result.outcome == "retried":
@@ -309,6 +348,14 @@ class Consumer:
             _republish(channel, DEAD_EXCHANGE, q.dead, body, properties,
                        {**headers, ATTEMPT: attempt, REASON: result.reason[:4000]})
             metrics.DEAD_LETTERS.labels(q.name, result.outcome).inc()
+        if result.outcome == "stopped":
+            # cancel first, or the message comes straight back to us; then put it at the end
+            # of its queue as it came (a nack would count towards the delivery limit: a worker
+            # restarted four times with a bad setting would dead-letter it)
+            self.stopping, self.fatal = True, result.reason
+            channel.basic_cancel(self._tag)
+            log.critical("stopping: %s; the message goes back to %s", result.reason, q.name)
+            _republish(channel, "", q.name, body, properties, {**headers, ATTEMPT: attempt})
         if result.outcome == "interrupted":
             channel.basic_nack(delivery_tag, requeue=True)
         else:
@@ -316,23 +363,35 @@ class Consumer:
         metrics.MESSAGES.labels(q.name, result.outcome).inc()
 
 
-def replay(s: Settings, queue_name: str) -> list[str]:
-    """Move every dead letter of ``queue_name`` back to it, attempts reset; returns the
+def _close(connection: pika.BlockingConnection) -> None:
+    try:
+        if connection.is_open:
+            connection.close()
+    except pe.AMQPError as err:
+        log.warning("closing the old connection failed (%r)", err)
+
+
+def replay(s: Settings, queue_name: str, limit: int | None = None) -> list[str]:
+    """Move the dead letters of ``queue_name`` back to it, attempts reset; returns the
     reasons they died with.  For use once the cause is fixed (a new recipe, a repaired file).
+
+    Only the letters there when replay starts are moved, at most ``limit``: one that dies
+    again meanwhile stays dead instead of going round for ever.
     """
     try:
         q = queue(queue_name)
     except KeyError as err:
         raise ConfigError(err.args[0]) from None
     connection = connect(s)
-    reasons = []
+    reasons: list[str] = []
     try:
         channel = connection.channel()
         channel.confirm_delivery()
-        while True:
+        count = channel.queue_declare(q.dead, passive=True).method.message_count
+        for _ in range(count if limit is None else min(count, limit)):
             method, properties, body = channel.basic_get(q.dead)
             if method is None:
-                return reasons
+                break
             headers = dict(properties.headers or {})
             reasons.append(str(headers.pop(REASON, "?")))
             headers.pop(ATTEMPT, None)
@@ -340,3 +399,4 @@ def replay(s: Settings, queue_name: str) -> list[str]:
             channel.basic_ack(method.delivery_tag)
     finally:
         connection.close()
+    return reasons

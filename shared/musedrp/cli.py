@@ -2,17 +2,20 @@
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import TextIO
 
 from musedrp import esorex, report
 from musedrp.errors import ConfigError, NoWork
-from musedrp.executor import LocalExecutor, available_memory_gb
+from musedrp.executor import OK, LocalExecutor, available_memory_gb
 from musedrp.frames import classify_dir
-from musedrp.planner import plan_night
+from musedrp.planner import Plan, plan_night
 from musedrp.registry import Registry
 
 
@@ -29,6 +32,19 @@ def parse_ifus(text: str) -> list[int]:
     if not ifus or min(ifus) < 1 or max(ifus) > 24:
         raise argparse.ArgumentTypeError(f"IFUs must lie within 1..24: {text!r}")
     return sorted(ifus)
+
+
+def positive(kind: Callable[[str], float], message: str) -> Callable[[str], float]:
+    """An argparse type: ``kind(text)`` if it is a finite number above 0, else ``message``."""
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"{message}, not {text!r}")
+        return value
+    return convert
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -48,11 +64,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def memory_budget(args: argparse.Namespace) -> float:
-    return args.memory or round(0.85 * available_memory_gb(), 1)
+def memory_budget(args: argparse.Namespace) -> tuple[float, str]:
+    """The budget in GB and where it comes from.  Read it once per command: the planner and
+    the executor must work with the same number."""
+    if args.memory is not None:
+        return args.memory, "--memory"
+    return round(0.85 * available_memory_gb(), 1), "85 % of available"
 
 
-def _plan(args: argparse.Namespace, out: Path):
+def cpu_set(n: int | None) -> list[int]:
+    """The first ``n`` CPUs this process may use (all of them by default).
+
+    Raises
+    ------
+    ConfigError
+        Fewer than ``n`` CPUs are available.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if n and n > len(cpus):
+        raise ConfigError(f"--cpus {n}: this process may use only {len(cpus)} CPU(s) "
+                          f"({esorex.format_cpus(cpus)})")
+    return cpus[:n]
+
+
+def _plan(args: argparse.Namespace, out: Path, version: str, memory_gb: float,
+          notes: TextIO | None = None) -> Plan:
     frames = []
     for directory in (args.raw_dir, *([args.static_dir] if args.static_dir else [])):
         if not directory.is_dir():
@@ -60,29 +96,42 @@ def _plan(args: argparse.Namespace, out: Path):
         found, ignored = classify_dir(directory)
         frames += found
         for path, why in ignored:
-            print(f"ignored {path}: {why}")
+            print(f"ignored {path}: {why}", file=notes)
     if not frames:
         raise NoWork(f"no FITS files in {args.raw_dir}")
-    return plan_night(frames, out.resolve(), esorex.pipeline_version(), args.ifus,
-                      memory_gb=memory_budget(args), reduce_sky=args.sky)
+    return plan_night(frames, out.resolve(), version, args.ifus, memory_gb=memory_gb,
+                      reduce_sky=args.sky)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = _plan(args, args.out)
-    print(report.plan_text(plan, args.raw_dir), end="")
+    notes = sys.stderr if args.json else None  # --json: nothing but the record on stdout
+    try:
+        esorex.esorex_path()
+    except ConfigError:  # planning runs nothing: it needs the version, not esorex
+        version = esorex.EXPECTED_VERSION
+        print(f"job keys assume MUSE pipeline {version}: esorex was not found on PATH",
+              file=notes)
+    else:
+        version = esorex.pipeline_version()
+    memory, source = memory_budget(args)
+    plan = _plan(args, args.out, version, memory, notes)
+    if args.json:
+        print(json.dumps(report.plan_record(plan, args.raw_dir, memory), indent=1))
+    else:
+        print(report.plan_text(plan, args.raw_dir, memory, source), end="")
     return 0
 
 
 def cmd_reduce(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     out: Path = args.out
+    cpus, version = cpu_set(args.cpus), esorex.pipeline_version()  # ConfigError before any output
+    memory, source = memory_budget(args)
     out.mkdir(parents=True, exist_ok=True)
-    plan = _plan(args, out)
-    (out / "plan.txt").write_text(report.plan_text(plan, args.raw_dir))
-    (out / "plan.json").write_text(json.dumps(report.plan_record(plan, args.raw_dir), indent=1))
-    cpus = sorted(os.sched_getaffinity(0))[: args.cpus] if args.cpus else sorted(
-        os.sched_getaffinity(0))
-    memory = memory_budget(args)
+    plan = _plan(args, out, version, memory)
+    (out / "plan.txt").write_text(report.plan_text(plan, args.raw_dir, memory, source))
+    (out / "plan.json").write_text(json.dumps(report.plan_record(plan, args.raw_dir, memory),
+                                              indent=1))
     registry = Registry.for_output(out, args.db)
     statuses = {f.path: (s, "; ".join(w)) for f in plan.frames for s, w in [plan.status(f)]}
     registry.record_frames(plan.frames, statuses)
@@ -98,8 +147,10 @@ def cmd_reduce(args: argparse.Namespace) -> int:
     print(f"Products under {out / 'products'}; registry {registry.engine.url}")
     print(f"QC report: musedrp report {out}")
     registry.close()
-    failed = [r for r in results.values() if r.outcome not in ("succeeded", "cached")]
-    return 1 if failed else 0
+    failed = [r for r in results.values() if r.outcome not in OK]
+    if missing := report.missing_cubes(plan, results):
+        print(missing)
+    return 1 if failed or missing else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -172,11 +223,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from musedrp.broker import replay
     from musedrp.serve import settings_for
 
-    reasons = replay(settings_for(args.state_dir), args.queue)
+    reasons = replay(settings_for(args.state_dir), args.queue, args.max)
     for reason in reasons:
         print(f"replayed: {reason.splitlines()[0] if reason else '?'}")
     print(f"{len(reasons)} dead letter(s) of {args.queue} sent back")
     return 0
+
+
+EXIT_CODES = """exit status:
+  0    every job succeeded or was cached, and every science exposure has its cube
+  1    a job failed or was skipped, or a science exposure was left without a cube
+  2    bad usage or configuration, or nothing to reduce (no frames, no science)
+  130  interrupted (Ctrl-C): the running recipes were stopped"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("plan", "show the jobs and every frame's fate; run nothing"),
                            ("reduce", "plan and run the reduction on this machine")):
-        c = sub.add_parser(name, help=helptext)
+        c = sub.add_parser(name, help=helptext, epilog=EXIT_CODES if name == "reduce" else None,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         c.add_argument("raw_dir", type=Path)
         c.add_argument("-o", "--out", type=Path, default=Path("reduced"),
                        help="output directory (default ./reduced)")
@@ -205,12 +264,17 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--static-dir", type=Path, default=None,
                        help="ESO's static calibrations (GEOMETRY_TABLE, LINE_CATALOG, ...), "
                             "if they are not below RAW_DIR")
-        c.add_argument("--memory", type=float, default=None,
+        c.add_argument("--memory", default=None,
+                       type=positive(float, "--memory must be a positive number of GB"),
                        help="memory budget in GB (default: 85%% of what is available)")
         c.add_argument("--sky", action="store_true",
                        help="also reduce SKY exposures (when the object fills the field)")
+        if name == "plan":
+            c.add_argument("--json", action="store_true",
+                           help="print the plan as data (as reduce writes OUT/plan.json)")
         if name == "reduce":
-            c.add_argument("--cpus", type=int, default=None,
+            c.add_argument("--cpus", default=None,
+                           type=positive(int, "--cpus must be a positive integer"),
                            help="number of CPUs to use (default: all this process may use)")
             c.add_argument("--db", default=None,
                            help="registry URL, e.g. postgresql+psycopg://user@host/db "
@@ -245,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("replay", parents=[state],
                        help="send a queue's dead letters back to it, once the cause is fixed")
     c.add_argument("queue", help="e.g. work.bias or ingest")
+    c.add_argument("--max", type=positive(int, "--max must be a positive integer"), default=None,
+                   help="send back at most this many (default: the letters there at the start; "
+                        "one that dies again during the replay is not sent twice)")
     c.set_defaults(func=cmd_replay)
     c = sub.add_parser("service", help="run one service (settings from MUSEDRP_* variables)")
     c.add_argument("name", nargs="?", help=f"one of {', '.join(SERVICES)} "

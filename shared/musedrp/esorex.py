@@ -24,15 +24,18 @@ from pathlib import Path
 
 from astropy.io import fits
 
-from musedrp.errors import ConfigError, DataError, Transient
+from musedrp.errors import ConfigError, DataError, Interrupted, Transient
+from musedrp.stages import product_tag
 from musedrp.tags import Tag
 
 LOG_FILE = "esorex.log"
 STDOUT_FILE = "esorex.stdout"
 SOF_FILE = "input.sof"
 RECIPE_DIR = "/usr/lib/x86_64-linux-gnu/cpl/plugins"
-# environment that changes what a recipe does: never inherited (MUSE.md §4)
-SCRUBBED_ENV = ("ESOREX_", "MUSE_DEBUG_", "OMP_", "GOMP_")
+EXPECTED_VERSION = "2.8.7"  # the MUSE pipeline (cpl-plugin-muse) this project is built for
+# the only variables a recipe inherits: nothing that changes what it does (ESOREX_*, MUSE_*,
+# OMP_*: MUSE.md §4) and none of the service's secrets (S3 keys, broker password, database URL)
+RECIPE_ENV = ("PATH", "LD_LIBRARY_PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d \[\s*(?P<level>[A-Z]+)\s*\] (?P<text>.*)$")
 
 
@@ -127,7 +130,9 @@ def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
     """Link the inputs into ``workdir/inputs`` under their original names and write the SOF.
 
     Keeping the names means esorex's own provenance keywords (``PRO.REC1.RAWn.NAME``) name
-    the real frames.  The SOF is whitespace-separated, so names with blanks are refused.
+    the real frames.  The SOF is whitespace-separated, so names with blanks are refused, and
+    its lines are relative to ``workdir``, where esorex runs: a scratch directory whose path
+    has blanks never reaches the SOF.
     """
     inputs = workdir / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
@@ -143,7 +148,7 @@ def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
                 raise DataError(f"two different inputs share the file name {name!r}")
         else:
             link.symlink_to(e.path.resolve())
-        lines.append(f"{link} {e.tag}")
+        lines.append(f"{link.relative_to(workdir)} {e.tag}")
     sof = workdir / SOF_FILE
     sof.write_text("\n".join(lines) + "\n")
     return sof
@@ -179,13 +184,19 @@ def esorex_path() -> str:
     return exe
 
 
-@functools.cache
 def pipeline_version(recipe: str = "muse_bias") -> str:
-    """The MUSE pipeline version as the installed recipe reports it."""
+    """The MUSE pipeline version as the installed recipe reports it (esorex looked up anew:
+    a ConfigError when it has gone)."""
+    return _version(esorex_path(), recipe)
+
+
+@functools.cache
+def _version(exe: str, recipe: str) -> str:
     with tempfile.TemporaryDirectory(prefix="musedrp-esorex-") as tmp:  # esorex.log lands here
         out = subprocess.run(  # noqa: S603 - fixed argument list, no shell
-            [esorex_path(), f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe], cwd=tmp,
-            capture_output=True, text=True, timeout=60, check=False).stdout
+            [exe, f"--recipe-dir={RECIPE_DIR}", "--man-page", recipe], cwd=tmp,
+            env=_child_env(Path(tmp), 0), capture_output=True, text=True, timeout=60,
+            check=False).stdout
     m = re.search(rf"{recipe} -- version (\S+)", out)
     if not m:
         raise ConfigError(f"esorex does not know the recipe {recipe}: "
@@ -203,7 +214,9 @@ def _die_with_parent() -> None:
 
 
 def _child_env(workdir: Path, threads: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV)}
+    """The recipe's environment, built from an allow-list rather than scrubbed of a deny-list:
+    a variable added to the service later (a token, a debug switch) stays out."""
+    env = {k: v for k, v in os.environ.items() if k in RECIPE_ENV or k.startswith("LC_")}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     env["HOME"] = str(workdir)  # no user-level ~/.esorex configuration
@@ -214,10 +227,14 @@ _active: set[int] = set()  # process groups of running recipes
 _active_lock = threading.Lock()
 
 
+_stopped: set[int] = set()  # recipes killed by kill_all: a shutdown, not a failure
+
+
 def kill_all() -> None:
     """Kill every recipe this process started that is still running (used on Ctrl-C)."""
     with _active_lock:
         for pid in _active:
+            _stopped.add(pid)
             _kill_group(pid)
 
 
@@ -301,6 +318,8 @@ def run_recipe(
         _kill_group(proc.pid)  # grandchildren left behind by a crashed recipe
         with _active_lock:
             _active.discard(proc.pid)
+            stopped = proc.pid in _stopped
+            _stopped.discard(proc.pid)
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - started
     log_path = workdir / LOG_FILE
@@ -316,17 +335,30 @@ def run_recipe(
     if timed_out:
         raise Transient(f"{recipe} exceeded its {timeout_s:.0f} s wall-clock limit and was "
                         "killed", run=run)
+    if stopped:  # by a shutdown: not a failure of the job (and not out of memory)
+        raise Interrupted(f"{recipe} was stopped by a shutdown")
     return run
 
 
-def check(run: RecipeRun, expected: Sequence[str]) -> dict[str, Path]:
+def check(run: RecipeRun, expected: Sequence[str],
+          estimate_gb: float | None = None) -> dict[str, Path]:
     """Products by file name, after checking exit code, errors and the expected files.
+
+    ``estimate_gb``, the job's memory estimate, goes into the message of a recipe that was
+    killed (by the kernel's out-of-memory killer, most likely).
 
     Raises
     ------
     DataError
-        Non-zero exit, missing or unreadable products, or a product of the wrong category.
+        Non-zero exit (or killed), missing or unreadable products, or a product of the
+        wrong category.
     """
+    if run.returncode == -signal.SIGKILL and not run.timed_out:  # not our own kill
+        sizes = ", ".join(filter(None, (
+            run.peak_rss_bytes and f"peak RSS {run.peak_rss_bytes / 1e9:.2f} GB",
+            estimate_gb is not None and f"estimate {estimate_gb:.1f} GB")))
+        raise DataError(f"{run.recipe} was killed by SIGKILL — most likely the kernel's "
+                        "out-of-memory killer" + (f" ({sizes})" if sizes else ""), run=run)
     found = {p.name: p for p in run.products}
     missing = [name for name in expected if name not in found]
     if run.returncode != 0 or missing:
@@ -339,8 +371,9 @@ def check(run: RecipeRun, expected: Sequence[str]) -> dict[str, Path]:
             catg = fits.getheader(found[name], 0).get("HIERARCH ESO PRO CATG")
         except (OSError, ValueError) as err:
             raise DataError(f"product {name} is not a readable FITS file: {err}", run=run) from err
-        if catg is None or not name.startswith(str(catg)):
-            raise DataError(f"product {name} has PRO.CATG={catg!r}", run=run)
+        if catg != (declared := product_tag(Path(name))):
+            raise DataError(f"product {name} has PRO.CATG={catg!r}, not {str(declared)!r}",
+                            run=run)
     return {name: found[name] for name in expected}
 
 

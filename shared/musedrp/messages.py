@@ -2,19 +2,67 @@
 
 A work order is fully resolved: a worker can run it blind.  Input locations are local paths
 in embedded mode and object keys in services mode.
+
+Every identifier has a declared pattern, checked when a message is decoded: night, stage,
+setup, job key and file names become directories and object keys (``products/<night>/<stage>/
+<setup>/<job_key>/<name>``), so none may hold a ``/``, be ``..`` or carry control characters.
 """
 
 import json
 from datetime import UTC, datetime
-from typing import Any, Generic, Literal, TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
 
 from musedrp.errors import BadMessage
+from musedrp.stages import product_tag
+from musedrp.storage import CONTROL, check_key, object_key
 from musedrp.tags import Tag
 
 SCHEMA_VERSION = 1
+# The largest work order of a 24-IFU night (twilight: 105 inputs) encodes to 19.5 kB
+# (measured with the planner service on benchmarks/ingest_planning.py's header-only night);
+# 1 MiB leaves a margin of 50 for more skyflats or longer keys, and bounds what a bad
+# publisher can make a consumer parse.
+MAX_BODY_BYTES = 2**20
+
+# A safe name: letters, digits and ``_+-``, with single dots between them; never ``.``, ``..``
+# or anything with a ``/``.  Written for both pydantic's regex engine and Python's ``re``.
+SAFE_NAME = r"[A-Za-z0-9](?:\.?[A-Za-z0-9_+-])*"
+SetupKey = Annotated[str, StringConstraints(pattern=f"^{SAFE_NAME}$", max_length=96)]  # Setup.key
+FileName = Annotated[str, StringConstraints(pattern=f"^{SAFE_NAME}$", max_length=128)]
+JobKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]  # planner.job_key
+Night = Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+Ifu = Annotated[int, Field(ge=1, le=24)]
+ObjectKey = Annotated[str, AfterValidator(check_key)]
+LocalPathOrKey = Annotated[str, StringConstraints(pattern=f"^[^{CONTROL}]+$")]
+
+
+def _stage(name: str) -> str:
+    from musedrp.topology import BY_NAME  # here: topology imports the runner, which imports us
+
+    if name not in BY_NAME:
+        raise ValueError(f"unknown stage {name!r}; one of {', '.join(BY_NAME)}")
+    return name
+
+
+def _product(name: str) -> str:
+    product_tag(Path(name))  # ValueError: the name declares no PRO.CATG
+    return name
+
+
+StageName = Annotated[str, AfterValidator(_stage)]
+ProductName = Annotated[FileName, AfterValidator(_product)]  # <PRO.CATG>[_NNNN][-<ifu>].fits
 
 
 class Payload(BaseModel):
@@ -23,44 +71,48 @@ class Payload(BaseModel):
 
 class InputFile(Payload):
     tag: Tag
-    path: str  # a local path (embedded mode) or an object key (services mode)
-    ifu: int | None = None  # the IFU extension the job reads, for its checksum
-    job_key: str = ""  # the job that made it, for products of upstream stages
+    path: LocalPathOrKey  # a local path (embedded mode) or an object key (services mode)
+    ifu: Ifu | None = None  # the IFU extension the job reads, for its checksum
+    job_key: JobKey | Literal[""] = ""  # the job that made it, for products of upstream stages
     datasum: str = ""  # DATASUM of the IFU extension read, for raw frames that carry one
 
 
 class WorkOrder(Payload):
     """One recipe call: stage, IFU, every input, resolved parameters and why they were chosen."""
 
-    stage: str
+    stage: StageName
     recipe: str
-    job_key: str
-    night: str
-    setup: str
-    ifu: int | None
+    job_key: JobKey
+    night: Night
+    setup: SetupKey
+    ifu: Ifu | None
     inputs: tuple[InputFile, ...]
     params: dict[str, Any]
     memory_gb: float
     timeout_s: float
-    needs: tuple[str, ...] = ()  # job keys whose products are among the inputs
+    needs: tuple[JobKey, ...] = ()  # job keys whose products are among the inputs
     reasons: tuple[str, ...] = ()  # association decisions, for provenance
-    products: tuple[str, ...] = ()  # file names the job must produce
+    products: tuple[ProductName, ...] = ()  # file names the job must produce
 
     def __str__(self) -> str:
         ifu = f" IFU {self.ifu:02d}" if self.ifu else ""
         return f"{self.stage}{ifu} {self.setup} {self.night} [{self.job_key}]"
 
+    def product_key(self, *name: str) -> str:
+        """``products/<night>/<stage>/<setup>/<job_key>[/<name>]``: where the job's files go."""
+        return object_key("products", self.night, self.stage, self.setup, self.job_key, *name)
+
     @property
     def product_dir(self) -> str:
         """Relative product location: ``products/<night>/<stage>/<setup>/<job_key>``."""
-        return f"products/{self.night}/{self.stage}/{self.setup}/{self.job_key}"
+        return self.product_key()
 
 
 class FrameArrived(Payload):
     """The observatory's ingest put a raw file into the bucket."""
 
-    key: str
-    size: int | None = None
+    key: ObjectKey
+    size: int | None = Field(default=None, ge=0)
 
     def __str__(self) -> str:
         return self.key
@@ -69,10 +121,10 @@ class FrameArrived(Payload):
 class FrameRegistered(Payload):
     """Ingest classified a frame (or rejected it, with the reason) and registered it."""
 
-    key: str
-    night: str
+    key: ObjectKey
+    night: Night | Literal[""]  # "": a rejected file may have no date
     tag: Tag | None
-    status: str  # registered, rejected
+    status: Literal["registered", "rejected"]
     reason: str = ""
 
     def __str__(self) -> str:
@@ -83,13 +135,13 @@ Outcome = Literal["succeeded", "cached", "skipped", "failed"]
 
 
 class JobFinished(Payload):
-    job_key: str
-    stage: str
-    night: str
-    ifu: int | None
+    job_key: JobKey
+    stage: StageName
+    night: Night
+    ifu: Ifu | None
     outcome: Outcome
     reason: str = ""
-    products: dict[str, str] = {}  # PRO.CATG-named file -> object key
+    products: dict[ProductName, ObjectKey] = {}  # PRO.CATG-named file -> object key
     qc: dict[str, Any] = {}  # the spec's headline QC
     wall_s: float | None = None
     cpu_s: float | None = None
@@ -103,11 +155,11 @@ class JobFinished(Payload):
 
 
 class ProductCreated(Payload):
-    job_key: str
-    stage: str
-    ifu: int | None
+    job_key: JobKey
+    stage: StageName
+    ifu: Ifu | None
     tag: Tag
-    key: str
+    key: ObjectKey
 
     def __str__(self) -> str:
         return self.key
@@ -170,9 +222,11 @@ def decode(body: bytes) -> Envelope[Any]:
     Raises
     ------
     BadMessage
-        Not JSON, an unknown schema version or type, or a payload that does not validate;
-        the message says which.
+        Larger than ``MAX_BODY_BYTES``, not JSON, an unknown schema version or type, or a
+        payload that does not validate; the message says which.
     """
+    if len(body) > MAX_BODY_BYTES:
+        raise BadMessage(f"body of {len(body)} bytes exceeds the limit of {MAX_BODY_BYTES}")
     try:
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:

@@ -1,20 +1,25 @@
 """Associate calibrations with the science and turn the choice into work orders.
 
-The rules are ESO's (MUSE.md §5) plus those an expert applies by hand (§5.4): calibration
-sets are complete templates; they must match the science frames' read-out mode and binning
-(flats also the instrument mode, arcs, skyflats and ILLUM the optics); among matching
-templates the one closest in time to the science wins; the standard star is the same
-night's; skyflats are capped by the memory budget; static calibrations are chosen by date;
-ties are broken by (|dt|, MJD-OBS, ARCFILE) so that plans are reproducible.  Every frame
-ends with a note saying how it was used or why not, every choice with a decision.
+The rules are ESO's (MUSE.md §5, §8) plus those an expert applies by hand (§5.4):
+calibration sets are complete templates; they must match the science frames' read-out mode
+and binning (flats and LSF also the instrument mode, arcs, skyflats and ILLUM the optics);
+candidates are searched in levels (the science night, then ±1 day, then a window per
+calibration type; nothing beyond it) and, within the best level, the template closest in time
+wins; the standard star is the same night's; skyflats are capped by the memory budget;
+static calibrations are chosen by date and field mode; ties are broken by (|dt|, MJD-OBS,
+ARCFILE) so that plans are reproducible.  A night without science still gets its
+calibrations reduced (masters and QC).  Every frame ends with a note saying how it was used
+or why not, every choice with a decision.
 """
 
 import hashlib
 import json
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cache
 from pathlib import Path
 from statistics import fmean
 
@@ -22,9 +27,47 @@ from musedrp.errors import NoWork
 from musedrp.frames import Frame, Setup
 from musedrp.messages import InputFile, WorkOrder
 from musedrp.stages import StageSpec, product_tag
-from musedrp.statics import VIGNETTING_UNTIL, choose_static
+from musedrp.statics import choose_static
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
+
+# The widest association window per calibration type, in days (MUSE.md §8): musered falls
+# back ±5 nights for standards, mypython takes skyflats within 15 days, ESO's archive
+# reprocessing flags an arc more than 1.5 days from the science.  Within a window the
+# levels are: the science night, then ±1 day, then the rest (marked DEGRADED).
+WIDEST_DAYS = {Tag.BIAS: 7.0, Tag.FLAT: 7.0, Tag.ARC: 3.0, Tag.SKYFLAT: 15.0, Tag.STD: 5.0}
+SEARCH_DAYS = max(WIDEST_DAYS.values()) + 1  # a night's plan reads no frame farther away
+LEVELS = ("the science night", "within 1 day", "within the widest window")
+# ILLUM: the closest within 2 h of the exposure, at most 1 degree C warmer or colder
+# (musered's rule; muse.oca sets none)
+ILLUM_HOURS, ILLUM_KELVIN = 2.0, 1.0
+VIGNETTING_BEFORE_MJD = 57823.0  # muse.oca: a VIGNETTING_MASK only for frames before this
+
+
+def level(frame: Frame, night: str, ref: float) -> int:
+    """0 on the science night, 1 within a day of ``ref``, 2 beyond."""
+    return 0 if frame.night == night else 1 if abs(frame.mjd - ref) <= 1.0 else 2
+
+
+class Index:
+    """Classified frames by tag, sorted by MJD-OBS: the candidates near a time are found by
+    bisection, so planning a night costs the same in a registry of 10 nights or 10 000."""
+
+    def __init__(self, frames: Iterable[Frame]) -> None:
+        self.by_tag: dict[Tag, list[Frame]] = defaultdict(list)
+        for f in sorted((f for f in frames if f.tag is not None),
+                        key=lambda f: (f.mjd, f.arcfile, f.path)):
+            self.by_tag[f.tag].append(f)
+        self.mjds = {t: [f.mjd for f in fs] for t, fs in self.by_tag.items()}
+
+    def all(self, tag: Tag) -> list[Frame]:
+        return self.by_tag.get(tag, [])
+
+    def near(self, tag: Tag, ref: float, days: float) -> list[Frame]:
+        """Frames of ``tag`` taken within ``days`` of MJD ``ref``."""
+        mjds = self.mjds.get(tag, [])
+        return self.all(tag)[bisect_left(mjds, ref - days):bisect_right(mjds, ref + days)]
+
 
 # Frames of kinds no stage consumes, and why.
 UNUSED = {
@@ -34,6 +77,8 @@ UNUSED = {
                     "ASTROMETRY_WCS calibration",
     Tag.DARK: "darks are not used (as in ESO's on-line pipeline)",
     Tag.MASK: "geometry (pinhole-mask) frames are not reduced: GEOMETRY_TABLE is static",
+    Tag.STD: "no science within 5 days needs this standard star, and its night has no biases "
+             "of its own to reduce it with",
 }
 
 
@@ -81,7 +126,8 @@ def templates(frames: Iterable[Frame]) -> list[Template]:
 READOUT: tuple[tuple[str, Callable[[Setup], object]], ...] = (
     ("read-out mode", lambda s: (s.readout_id, s.binx, s.biny)),
 )
-READOUT_AND_MODE = (*READOUT, ("instrument mode", lambda s: s.ins_mode))
+MODE = (("instrument mode", lambda s: s.ins_mode),)
+READOUT_AND_MODE = (*READOUT, *MODE)
 # TRACE_TABLE, WAVECAL_TABLE, TWILIGHT_CUBE, ILLUM: nominal/extended and WFM/NFM (MUSE.md §5.1)
 READOUT_AND_OPTICS = (*READOUT, ("filter (nominal/extended)", lambda s: s.nominal),
                       ("field mode", lambda s: s.field))
@@ -97,6 +143,9 @@ class Plan:
     used: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     decisions: list[str] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # of the orders
+
+    def __post_init__(self) -> None:
+        self.index = Index(self.frames)
 
     def note(self, frame: Frame, reason: str) -> None:
         if reason not in self.notes[frame.path]:
@@ -141,11 +190,19 @@ def _usable(plan: Plan, frames: Iterable[Frame], setup: Setup, keys, recipe: str
     return out
 
 
-def choose_template(plan: Plan, candidates: Sequence[Frame], spec: StageSpec, science: Setup,
-                    ref_mjd: float, keys) -> Template | None:
-    """The matching, complete template closest in time to ``ref_mjd``; notes on the others."""
+def days(mjd_delta: float) -> str:
+    return f"{abs(mjd_delta):.1f} d"
+
+
+def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
+                    candidates: Sequence[Frame] | None = None) -> Template | None:
+    """The matching, complete template of the best level closest in time to the science;
+    notes on the others.  Only frames within the tag's widest window are considered."""
+    plan, ref = n.plan, n.ref
+    if candidates is None:
+        candidates = plan.index.near(tag, ref, WIDEST_DAYS[tag])
     min_count = spec.raw_min()
-    matching = _usable(plan, candidates, science, keys, spec.recipe)
+    matching = _usable(plan, candidates, n.setup, keys, spec.recipe)
     usable, degraded = [], []
     for t in templates(matching):
         if len(t.frames) < min_count:
@@ -156,14 +213,24 @@ def choose_template(plan: Plan, candidates: Sequence[Frame], spec: StageSpec, sc
     pool = usable or degraded
     if not pool:
         return None
-    best = min(pool, key=lambda t: (abs(t.mjd - ref_mjd), t.mjd, t.first.arcfile))
+
+    def rank(t: Template) -> tuple:
+        return (level(t.first, n.night, ref), abs(t.mjd - ref), t.mjd, t.first.arcfile)
+
+    best = min(pool, key=rank)
     if not best.complete:
-        plan.decisions.append(f"DEGRADED: {best} is incomplete but no complete template exists")
+        n.decide(f"DEGRADED: {best} is incomplete but no complete template exists")
+    if (lvl := level(best.first, n.night, ref)) > 0:
+        n.decide(f"DEGRADED: {best} of night {best.first.night}, {days(best.mjd - ref)} from "
+                 f"the science: none on the science night ({LEVELS[lvl]}, at most "
+                 f"{WIDEST_DAYS[tag]:g} d for {tag})")
     for t in usable + degraded:
         if t is not best:
+            why = (f"{best} is of the science night" if rank(t)[0] > rank(best)[0] else
+                   f"{best} is closer in time to the science "
+                   f"({hours(best.mjd - ref)} vs {hours(t.mjd - ref)})")
             for f in t.frames:
-                plan.note(f, f"{t} not chosen: {best} is closer in time to the science "
-                             f"({hours(best.mjd - ref_mjd)} vs {hours(t.mjd - ref_mjd)})")
+                plan.note(f, f"{t} not chosen: {why}")
     return best
 
 
@@ -172,17 +239,20 @@ def job_key(recipe: str, version: str, ifu: int | None, params: dict,
     """Content-derived identity of a job.
 
     Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
-    from headers, so planning never reads pixels), products by the key of the job that made
-    them: product bytes carry creation dates, so hashing them would make every re-run look new.
+    from headers, so planning never reads pixels), static calibrations by their name and the
+    SHA-256 of the file, products by the key of the job that made them: product bytes carry
+    creation dates, so hashing them would make every re-run look new.
     """
-    ident = sorted((str(f.tag), f.job_key, Path(f.path).name, f.datasum) for f in inputs)
+    ident = sorted((str(f.tag), f.job_key, f.path.rpartition("/")[2], f.datasum)
+                   for f in inputs)
     blob = json.dumps([recipe, version, ifu, params, ident], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
 class Night:
-    """Planning context of one (night, setup) group of science frames."""
+    """Planning context of one (night, setup) group: its science frames, or none for a
+    night of calibrations only (then ``ref`` is the mean time of its calibrations)."""
 
     plan: Plan
     night: str
@@ -193,11 +263,8 @@ class Night:
     version: str
     overrides: dict[str, dict]
     memory_gb: float | None
+    ref: float
     statics: dict[Tag, tuple[Frame | None, str]] = field(default_factory=dict)
-
-    @property
-    def ref(self) -> float:
-        return fmean(f.mjd for f in self.science)
 
     @property
     def where(self) -> str:
@@ -215,17 +282,17 @@ class Night:
                             datasum=",".join(f.datasums.get(i, "") for i in
                                              ([ifu] if ifu else self.ifus)))
                   for f in raw]
-        inputs += [InputFile(tag=product_tag(Path(name)), job_key=u.job_key,
-                             path=str(self.out_root / u.product_dir / name)) for u, name in calibs]
+        inputs += [InputFile(tag=_tag(name), job_key=u.job_key,
+                             path=_located(self.out_root, u.product_dir, name))
+                   for u, name in calibs]
         for tag in statics:
             f, _ = self.statics[tag]
-            inputs.append(InputFile(tag=tag, path=f.path, datasum=f.datasums.get(0, "")))
-        n_raw = len(raw)
+            inputs.append(InputFile(tag=tag, path=f.path, datasum=f.checksum))
         order = WorkOrder(
             stage=stage, recipe=spec.recipe,
             job_key=job_key(spec.recipe, self.version, ifu, params, inputs),
             night=self.night, setup=self.setup.key, ifu=ifu, inputs=tuple(inputs), params=params,
-            memory_gb=spec.memory.estimate_gb(n_raw, n_ifus), timeout_s=spec.timeout_s,
+            memory_gb=spec.memory.estimate_gb(len(raw), n_ifus), timeout_s=spec.timeout_s,
             needs=tuple(dict.fromkeys(u.job_key for u, _ in calibs)),
             reasons=tuple(reasons) + tuple(self.statics[t][1] for t in statics),
             products=tuple(products or spec.product_names(ifu, spec.params(**params))),
@@ -236,8 +303,9 @@ class Night:
     def static(self, tag: Tag, required: bool = True) -> bool:
         """Choose the static file of ``tag`` once; False (with a decision) if there is none."""
         if tag not in self.statics:
-            candidates = [f for f in self.plan.frames if f.tag == tag]
-            self.statics[tag] = choose_static(candidates, tag, date.fromisoformat(self.night))
+            candidates = self.plan.index.all(tag)
+            self.statics[tag] = choose_static(candidates, tag, date.fromisoformat(self.night),
+                                              self.setup.field)
             f, why = self.statics[tag]
             if f is None and required:
                 self.decide(f"{why}: add ESO's static calibrations with --static-dir")
@@ -249,45 +317,73 @@ class Night:
         return self.statics[tag][0] is not None
 
 
+@cache
+def _tag(name: str) -> Tag:
+    return product_tag(Path(name))
+
+
+@cache
+def _located(root: Path, directory: str, name: str) -> str:
+    return str(root / directory / name)
+
+
 def _product(order: WorkOrder, tag: Tag) -> tuple[WorkOrder, str]:
-    (name,) = [n for n in order.products if product_tag(Path(n)) == tag]
+    (name,) = [n for n in order.products if _tag(n) == tag]
     return order, name
 
 
-def choose_closest(plan: Plan, candidates: Sequence[Frame], ref: float, what: str,
-                   same_night: str | None = None) -> Frame | None:
-    """The single frame closest in time (same night first, if asked); notes on the others."""
+def choose_closest(n: "Night", candidates: Sequence[Frame], ref: float, what: str) -> Frame | None:
+    """The single frame of the best level closest in time; notes on the others."""
     if not candidates:
         return None
-    best = min(candidates, key=lambda f: (same_night is not None and f.night != same_night,
-                                          abs(f.mjd - ref), f.mjd, f.arcfile))
+
+    def rank(f: Frame) -> tuple:
+        return (level(f, n.night, ref), abs(f.mjd - ref), f.mjd, f.arcfile)
+
+    best = min(candidates, key=rank)
     for f in candidates:
         if f is best:
             continue
-        if same_night and f.night != same_night and best.night == same_night:
-            why = f"{best.name} was taken on the science night {same_night}"
+        if rank(f)[0] > rank(best)[0]:
+            why = f"{best.name} was taken on the science night {n.night}"
         else:
             why = f"{best.name} is closer to the science"
-        plan.note(f, f"{what} {f.target or f.name} of night {f.night} not chosen: {why} "
-                     f"({hours(best.mjd - ref)} vs {hours(f.mjd - ref)} away)")
+        n.plan.note(f, f"{what} {f.target or f.name} of night {f.night} not chosen: {why} "
+                       f"({hours(best.mjd - ref)} vs {hours(f.mjd - ref)} away)")
     return best
+
+
+def choose_illum(n: "Night", exposure: Frame) -> Frame | None:
+    """The ILLUM of the exposure's optics closest in time, within ILLUM_HOURS and
+    ILLUM_KELVIN of it (a temperature missing on either side is not compared)."""
+    plan = n.plan
+    near = _usable(plan, plan.index.near(Tag.ILLUM, exposure.mjd, ILLUM_HOURS / 24),
+                   n.setup, READOUT_AND_OPTICS, "muse_scibasic")
+    ok = []
+    for f in near:
+        if None not in (f.temperature, exposure.temperature) and \
+                abs(f.temperature - exposure.temperature) > ILLUM_KELVIN:
+            plan.note(f, f"ILLUM not used for {exposure.name}: instrument temperature "
+                         f"{f.temperature:.2f} C vs {exposure.temperature:.2f} C, more than "
+                         f"{ILLUM_KELVIN:g} C apart")
+        else:
+            ok.append(f)
+    return min(ok, key=lambda f: (abs(f.mjd - exposure.mjd), f.mjd, f.arcfile), default=None)
 
 
 def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]]:
     """bias, flat, wavecal and lsf per IFU, as far as the frames go: a stage whose frames are
     missing is left out with a decision, and so is everything after it."""
-    plan, good = n.plan, [f for f in n.plan.frames if f.tag is not None]
-    bias = choose_template(plan, [f for f in good if f.tag == Tag.BIAS], BY_NAME["bias"].spec,
-                           n.setup, n.ref, READOUT)
-    flat = choose_template(plan, [f for f in good if f.tag == Tag.FLAT], BY_NAME["flat"].spec,
-                           n.setup, n.ref, READOUT_AND_MODE)
-    arcs = [f for f in good if f.tag == Tag.ARC]
+    plan = n.plan
+    bias = choose_template(n, Tag.BIAS, BY_NAME["bias"].spec, READOUT)
+    flat = choose_template(n, Tag.FLAT, BY_NAME["flat"].spec, READOUT_AND_MODE)
+    arcs = plan.index.near(Tag.ARC, n.ref, WIDEST_DAYS[Tag.ARC])
     for f in arcs:
         if len(f.lamps) != 1:
             plan.note(f, f"{len(f.lamps)} arc lamps on ({', '.join(f.lamps) or 'none'}): "
                          "muse_wavecal needs exactly one lamp per arc exposure")
-    arc = choose_template(plan, [f for f in arcs if len(f.lamps) == 1],
-                          BY_NAME["wavecal"].spec, n.setup, n.ref, READOUT_AND_OPTICS)
+    arcs = [f for f in arcs if len(f.lamps) == 1]
+    arc = choose_template(n, Tag.ARC, BY_NAME["wavecal"].spec, READOUT_AND_OPTICS, arcs)
     chain = [("bias", bias), ("flat", flat), ("arc", arc)]
     if None in (c for _, c in chain):
         first = next(i for i, (_, c) in enumerate(chain) if c is None)
@@ -299,13 +395,22 @@ def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]]:
         chain = chain[:first]
     if not chain:
         return {}
+    # LSF_PROFILE must match the science's instrument mode as well (muse.oca)
+    lsf_arc = arc
+    if arc is not None and arc.first.setup.ins_mode != n.setup.ins_mode:
+        lsf_arc = choose_template(n, Tag.ARC, BY_NAME["lsf"].spec, (*READOUT_AND_OPTICS, *MODE),
+                                  arcs)
+        n.decide(f"{arc} is of instrument mode {arc.first.setup.ins_mode}: "
+                 + (f"LSF from {lsf_arc}" if lsf_arc else
+                    f"no ARC template of {n.setup.ins_mode}, so no LSF_PROFILE"))
     available = set.intersection(*(c.ifus for _, c in chain),
                                  *(set(f.ifus) for f in n.science))
     if set(n.ifus) - available:
         n.decide(f"IFU(s) {sorted(set(n.ifus) - available)} requested but not present in "
                  "every chosen frame")
     n.ifus = sorted(set(n.ifus) & available)
-    why = {t: f"{c} chosen: closest to the science ({hours(c.mjd - n.ref)} away)"
+    target = "the science" if n.science else "the night's calibrations"
+    why = {t: f"{c} chosen: closest to {target} ({hours(c.mjd - n.ref)} away)"
            for t, c in chain}
     if arc is not None and "arc" in why:
         why["arc"] += f"; lamps {', '.join(sorted({f.lamps[0] for f in arc.frames}))}"
@@ -324,8 +429,10 @@ def plan_calibrations(n: Night) -> dict[str, dict[int, WorkOrder]]:
         base = [_product(b, Tag.MASTER_BIAS), _product(fl, Tag.TRACE_TABLE)]
         out["wavecal"][ifu] = wc = n.order("wavecal", ifu, arc.frames, base, [Tag.LINE_CATALOG],
                                            [why["arc"]])
-        out["lsf"][ifu] = n.order("lsf", ifu, arc.frames, [*base, _product(wc, Tag.WAVECAL_TABLE)],
-                                  [Tag.LINE_CATALOG], [why["arc"]])
+        if lsf_arc is not None:
+            out["lsf"][ifu] = n.order("lsf", ifu, lsf_arc.frames,
+                                      [*base, _product(wc, Tag.WAVECAL_TABLE)],
+                                      [Tag.LINE_CATALOG], [why["arc"]])
     return out
 
 
@@ -345,28 +452,39 @@ def plan_twilight(n: Night, cal, illum: Frame | None) -> WorkOrder | None:
         return None
     if not n.static(Tag.GEOMETRY_TABLE):
         return None
-    good = [f for f in plan.frames if f.tag == Tag.SKYFLAT]
-    skyflats = _usable(plan, good, n.setup, READOUT_AND_OPTICS, spec.recipe)
-    nights = sorted({f.night for f in skyflats},
-                    key=lambda d: abs(date.fromisoformat(d) - date.fromisoformat(n.night)))
-    if not nights:
-        n.decide("twilight not planned: no usable SKYFLAT frames")
+    skyflats = _usable(plan, plan.index.near(Tag.SKYFLAT, n.ref, WIDEST_DAYS[Tag.SKYFLAT]),
+                       n.setup, READOUT_AND_OPTICS, spec.recipe)
+    if not skyflats:
+        n.decide("twilight not planned: no usable SKYFLAT frames within "
+                 f"{WIDEST_DAYS[Tag.SKYFLAT]:g} d")
         return None
-    chosen_night = nights[0]
+    best = min(skyflats, key=lambda f: (level(f, n.night, n.ref), abs(f.mjd - n.ref)))
+    chosen_night = best.night
     if chosen_night != n.night:
-        n.decide(f"DEGRADED: no skyflats of night {n.night}; using night {chosen_night}")
+        n.decide(f"DEGRADED: no skyflats of night {n.night}; using night {chosen_night}, "
+                 f"{days(best.mjd - n.ref)} from the science")
     pool = sorted((f for f in skyflats if f.night == chosen_night),
                   key=lambda f: (abs(f.mjd - n.ref), f.mjd, f.arcfile))
     for f in skyflats:
         if f.night != chosen_night:
             plan.note(f, f"skyflat of night {f.night}: night {chosen_night} is closer")
-    fit = len(pool) if n.memory_gb is None else spec.memory.max_frames(n.memory_gb, len(n.ifus))
+    # the cap counts every raw frame the job reads: the ILLUM is one more (MUSE.md §9)
+    n_ifus = len(n.ifus)
+    room = (len(pool) + 1 if n.memory_gb is None  # no budget: all of them and the ILLUM
+            else spec.memory.max_frames(n.memory_gb, n_ifus))
+    if illum is not None and room - 1 < min(len(pool), spec.raw_min()):
+        n.decide(f"ILLUM {illum.name} left out of muse_twilight: it does not fit the memory "
+                 f"budget of {n.memory_gb:.1f} GB beside {spec.raw_min()} skyflats")
+        illum = None
+    extra = [illum] if illum else []
+    fit = min(len(pool), room - len(extra))
     take, left = pool[:fit], pool[fit:]
     reasons = [f"{len(pool)} skyflats of night {chosen_night}"]
     if left:
+        estimate = spec.memory.estimate_gb(fit + len(extra), n_ifus)
         why = (f"only {fit} of {len(pool)} skyflats fit the memory budget of "
-               f"{n.memory_gb:.1f} GB for {len(n.ifus)} IFU(s) "
-               f"({spec.memory.estimate_gb(fit, len(n.ifus)):.1f} GB estimated)")
+               f"{n.memory_gb:.1f} GB for {n_ifus} IFU(s) ({estimate:.2f} GB estimated"
+               + (" with the ILLUM frame" if extra else "") + ")")
         reasons.append(f"{why}; left out: {', '.join(f.name for f in left)}")
         n.decide(why)
         for f in left:
@@ -375,71 +493,130 @@ def plan_twilight(n: Night, cal, illum: Frame | None) -> WorkOrder | None:
         n.decide(f"twilight not planned: {len(take)} skyflats fit, muse_twilight needs "
                  f"{spec.raw_min()}")
         return None
-    raw = sorted(take, key=lambda f: f.mjd) + ([illum] if illum else [])
+    raw = sorted(take, key=lambda f: f.mjd) + extra
     statics = [Tag.GEOMETRY_TABLE]
-    if n.static(Tag.VIGNETTING_MASK, required=False):
-        statics.append(Tag.VIGNETTING_MASK)
-    elif date.fromisoformat(n.night) < VIGNETTING_UNTIL:
-        n.decide(f"no VIGNETTING_MASK available (optional for data before {VIGNETTING_UNTIL})")
+    if all(f.mjd < VIGNETTING_BEFORE_MJD for f in raw):
+        if n.static(Tag.VIGNETTING_MASK, required=False):
+            statics.append(Tag.VIGNETTING_MASK)
+        else:
+            n.decide("no VIGNETTING_MASK available (optional for frames before MJD "
+                     f"{VIGNETTING_BEFORE_MJD:g})")
     calibs = [c for ifu in n.ifus for c in per_ifu_calibs(cal, ifu)]
-    return n.order("twilight", None, raw, calibs, statics, reasons, n_ifus=len(n.ifus))
+    return n.order("twilight", None, raw, calibs, statics, reasons, n_ifus=n_ifus)
+
+
+CALIBRATION_TAGS = (Tag.BIAS, Tag.FLAT, Tag.ARC, Tag.SKYFLAT)
 
 
 def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
                ifus: Iterable[int] | None = None, overrides: dict[str, dict] | None = None,
-               memory_gb: float | None = None, reduce_sky: bool = False) -> Plan:
-    """Plan the whole cascade for every (night, setup) of the science frames.
+               memory_gb: float | None = None, reduce_sky: bool = False,
+               nights: Iterable[str] | None = None) -> Plan:
+    """Plan the whole cascade for every (night, setup) of the science frames, and the
+    calibrations of every night without science; only ``nights`` if given (``frames`` must
+    then hold every frame within ``SEARCH_DAYS`` of them: the candidates they may use).
 
     Raises
     ------
     NoWork
-        There is no science frame to calibrate for.
+        There is neither a science frame nor a calibration template to reduce.
     """
     plan = Plan(frames=list(frames))
     good = [f for f in frames if f.tag is not None]
-    science = [f for f in good if f.tag == Tag.OBJECT] or [f for f in good if f.tag == Tag.STD]
-    if not science:
-        raise NoWork("no science frames (OBJECT, or failing that STD): nothing to calibrate for")
+    # the science of a night is its OBJECT frames; on a night without any, a standard star
+    # observed beside the night's own biases (throughput monitoring), never one a
+    # calibration package brought alone.  Decided per night, so that planning some nights
+    # gives what planning all of them gives.
+    object_nights = {f.night for f in good if f.tag == Tag.OBJECT}
+    bias_nights = {f.night for f in good if f.tag == Tag.BIAS}
     groups: dict[tuple[str, Setup], list[Frame]] = defaultdict(list)
-    for f in science:
-        groups[(f.night, f.setup)].append(f)
-    for (night, setup), sci in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1].key)):
+    for f in good:
+        if f.tag == Tag.OBJECT or (f.tag == Tag.STD and f.night not in object_nights
+                                   and f.night in bias_nights):
+            groups[(f.night, f.setup)].append(f)
+    calib_only: dict[tuple[str, Setup], list[Frame]] = defaultdict(list)
+    science_nights = {night for night, _ in groups}
+    for f in good:
+        if f.tag in CALIBRATION_TAGS and f.night not in science_nights:
+            calib_only[(f.night, f.setup)].append(f)
+    if nights is not None:
+        wanted_nights = set(nights)
+        groups = {k: v for k, v in groups.items() if k[0] in wanted_nights}
+        calib_only = {k: v for k, v in calib_only.items() if k[0] in wanted_nights}
+    if not groups and not calib_only:
+        raise NoWork("neither science frames (OBJECT, STD) nor calibrations (BIAS, FLAT, ARC, "
+                     "SKYFLAT): nothing to reduce")
+    key = lambda kv: (kv[0][0], kv[0][1].key)  # noqa: E731
+    for (night, setup), sci in sorted(groups.items(), key=key):
         wanted = sorted(set(ifus) if ifus is not None else set.union(*(set(f.ifus) for f in sci)))
-        n = Night(plan, night, setup, sci, wanted, out_root, version, overrides or {}, memory_gb)
+        n = Night(plan, night, setup, sci, wanted, out_root, version, overrides or {}, memory_gb,
+                  ref=fmean(f.mjd for f in sci))
         n.decide(f"{len(sci)} science frame(s), IFUs {wanted}")
         cal = plan_calibrations(n)
         if "wavecal" not in cal:
             for f in sci:
                 plan.note(f, "not reduced: no wavelength calibration for it (see the decisions)")
             continue
-        illums = _usable(plan, [f for f in good if f.tag == Tag.ILLUM], setup,
-                         READOUT_AND_OPTICS, "muse_scibasic")
-        illum = choose_closest(plan, illums, n.ref, "ILLUM")
-        if illum is None:
-            n.decide("no ILLUM frame: slice illumination is not corrected (optional)")
+        illum = choose_illum(n, min(sci, key=lambda f: (abs(f.mjd - n.ref), f.mjd)))
         twilight = plan_twilight(n, cal, illum)
-        plan_science(n, cal, twilight, illum, good, reduce_sky)
+        plan_science(n, cal, twilight, reduce_sky)
+    plan_calibration_nights(plan, calib_only, out_root, version, ifus, overrides or {},
+                            memory_gb)
     return plan
 
 
-def plan_science(n: Night, cal, twilight: WorkOrder | None, illum: Frame | None,
-                 good: list[Frame], reduce_sky: bool) -> None:
+def plan_calibration_nights(plan: Plan, groups: dict[tuple[str, Setup], list[Frame]],
+                            out_root: Path, version: str, ifus: Iterable[int] | None,
+                            overrides: dict[str, dict], memory_gb: float | None) -> None:
+    """Masters and QC of the nights without science, one cascade per setup whose flats (or,
+    without flats, biases) were taken there, as the observatory reduces every morning's
+    calibrations.  Binned (engineering) read-out modes are not reduced on their own."""
+    flat_nights = {night for (night, _), fs in groups.items() if any(f.tag == Tag.FLAT
+                                                                     for f in fs)}
+    for (night, setup), frames in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1].key)):
+        tags = {f.tag for f in frames}
+        if (setup.binx, setup.biny) != (1, 1):
+            for f in frames:
+                plan.note(f, f"night {night} has no science: the binned read-out "
+                             f"{setup.readout_label} is not reduced on its own")
+            continue
+        if Tag.FLAT not in tags and (Tag.BIAS not in tags or night in flat_nights):
+            continue  # such frames serve the cascade of the night's flats, if any
+        wanted = sorted(set(ifus) if ifus is not None
+                        else set.union(*(set(f.ifus) for f in frames)))
+        n = Night(plan, night, setup, [], wanted, out_root, version, overrides, memory_gb,
+                  ref=fmean(f.mjd for f in frames))
+        n.decide(f"no science frames: the night's calibrations alone, IFUs {wanted}")
+        cal = plan_calibrations(n)
+        if "wavecal" in cal and any(f.night == night for f in plan.index.near(
+                Tag.SKYFLAT, n.ref, 1.0)):
+            plan_twilight(n, cal, None)
+
+
+def adjacent_run(ifus: Sequence[int], length: int = 3) -> bool:
+    """Whether ``ifus`` hold ``length`` consecutive IFUs (neighbours in the field)."""
+    have = set(ifus)
+    return any(all(i + k in have for k in range(length)) for i in have)
+
+
+def plan_science(n: Night, cal, twilight: WorkOrder | None, reduce_sky: bool) -> None:
     """scibasic per exposure and IFU; standard from the chosen star; scipost per exposure."""
     plan = n.plan
     if not n.static(Tag.GEOMETRY_TABLE):
         return
-    stds = _usable(plan, [f for f in good if f.tag == Tag.STD], n.setup, READOUT_AND_MODE,
-                   "muse_standard")
-    std = choose_closest(plan, stds, n.ref, "standard star", same_night=n.night)
+    stds = _usable(plan, plan.index.near(Tag.STD, n.ref, WIDEST_DAYS[Tag.STD]), n.setup,
+                   READOUT_AND_MODE, "muse_standard")
+    std = choose_closest(n, stds, n.ref, "standard star")
     if std is not None:
         if std.night != n.night:
             n.decide(f"DEGRADED: no standard star on night {n.night}; using {std.name} of "
-                     f"night {std.night}")
+                     f"night {std.night}, {days(std.mjd - n.ref)} from the science")
         else:
             n.decide(f"standard star {std.target} ({std.name}) chosen: same night, "
                      f"{hours(std.mjd - n.ref)} from the science")
     objects = [f for f in n.science if f.tag == Tag.OBJECT]
-    skies = [f for f in good if f.tag == Tag.SKY and f.night == n.night] if reduce_sky else []
+    skies = [f for f in plan.index.near(Tag.SKY, n.ref, 1.0) if f.night == n.night] \
+        if reduce_sky else []
     extra = [_product(twilight, Tag.TWILIGHT_CUBE)] if twilight else []
     if twilight is None:
         n.decide("no TWILIGHT_CUBE: scibasic runs without the twilight correction")
@@ -449,18 +626,22 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None, illum: Frame | None,
     for exposure in [*objects, *skies, *([std] if std else [])]:
         mine = {Tag(f"PIXTABLE_{exposure.tag}"), Tag(f"{exposure.tag}_RED"),
                 Tag(f"{exposure.tag}_RESAMPLED")}  # what scibasic makes of this raw tag
+        illum = choose_illum(n, exposure)
+        if illum is None:
+            n.decide(f"no ILLUM within {ILLUM_HOURS:g} h and {ILLUM_KELVIN:g} C of "
+                     f"{exposure.name}: its slice illumination is not corrected (optional)")
         for ifu in n.ifus:
             names = [name for name in scibasic.product_names(ifu, params)
-                     if product_tag(Path(name)) in mine]
+                     if _tag(name) in mine]
             pixtables[exposure.path][ifu] = n.order(
                 "scibasic", ifu, [exposure] + ([illum] if illum else []),
                 per_ifu_calibs(cal, ifu) + extra, [Tag.GEOMETRY_TABLE], products=names)
     response = None
     if std is None:
         n.decide("no standard star: neither response nor flux-calibrated cubes")
-    elif len(n.ifus) < 3:
+    elif not adjacent_run(n.ifus):
         n.decide(f"standard not planned: muse_standard needs at least 3 adjacent IFUs around "
-                 f"the star, {len(n.ifus)} planned")
+                 f"the star, IFUs {n.ifus} planned")
     elif n.static(Tag.EXTINCT_TABLE) and n.static(Tag.STD_FLUX_TABLE):
         statics = [Tag.EXTINCT_TABLE, Tag.STD_FLUX_TABLE]
         if n.static(Tag.FILTER_LIST, required=False):
@@ -476,9 +657,9 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None, illum: Frame | None,
             statics.append(tag)
     if Tag.ASTROMETRY_WCS not in statics:
         n.decide("no ASTROMETRY_WCS: muse_scipost uses its built-in default astrometry")
+    lsf = [_product(cal["lsf"][ifu], Tag.LSF_PROFILE) for ifu in n.ifus if ifu in cal["lsf"]]
     for exposure in objects:
         tables = [_product(o, Tag.PIXTABLE_OBJECT) for o in pixtables[exposure.path].values()]
-        lsf = [_product(cal["lsf"][ifu], Tag.LSF_PROFILE) for ifu in n.ifus]
         n.order("scipost", None, [], [*tables, _product(response, Tag.STD_RESPONSE),
                                       _product(response, Tag.STD_TELLURIC), *lsf],
                 statics, [f"exposure {exposure.name}; response from {std.name}"],

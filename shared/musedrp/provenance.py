@@ -8,12 +8,14 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from astropy.io import fits
 
 import musedrp
-from musedrp.messages import InputFile
+
+if TYPE_CHECKING:  # messages imports storage, which imports this module
+    from musedrp.messages import InputFile
 
 MANIFEST = "manifest.json"
 ERROR_FILE = "error.txt"  # why a job failed, beside where its products would be
@@ -47,7 +49,7 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return "sha256:" + file_sha256(Path(path))
 
 
-def checksum(f: InputFile) -> str:
+def checksum(f: "InputFile") -> str:
     """A content checksum of what the job reads.
 
     For a raw frame the ``DATASUM`` of its IFU extension (written by ESO and the simulator,

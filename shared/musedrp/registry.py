@@ -1,8 +1,8 @@
 """The registry: frames, jobs and products, in SQLite (embedded) or PostgreSQL (cluster)."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,13 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    false,
+    insert,
+    inspect,
+    or_,
     select,
     text,
+    update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -26,10 +31,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from musedrp.errors import ConfigError, Transient
 from musedrp.frames import Frame
 from musedrp.messages import WorkOrder
+from musedrp.tags import STATIC_TAGS
 
 JOB_STATES = ("planned", "queued", "running", "succeeded", "cached", "failed", "skipped",
               "blocked")  # blocked: an upstream job failed; issued again if it is replayed
 OK_STATES = ("succeeded", "cached")
+STATIC = [str(t) for t in STATIC_TAGS]  # frames that serve every night
 
 
 def utc_now() -> datetime:
@@ -104,6 +111,16 @@ class JobRow(Base):
     updated: Mapped[datetime] = mapped_column(default=utc_now, onupdate=utc_now)
 
 
+class NeedRow(Base):
+    """Job ``job_key`` reads a product of job ``need``: what a finished job may unblock is
+    found without reading every job."""
+
+    __tablename__ = "needs"
+
+    job_key: Mapped[str] = mapped_column(ForeignKey("jobs.key"), primary_key=True)
+    need: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+
+
 class ProductRow(Base):
     __tablename__ = "products"
 
@@ -114,11 +131,25 @@ class ProductRow(Base):
     qc: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-def _in(session: Session, query, column, values: list, chunk: int = 500) -> list:
+def _in(session: Session, query, column, values: list, chunk: int = 500,
+        fetch: Callable = Session.scalars) -> list:
     """``query`` restricted to rows whose ``column`` is among ``values``, in chunks (one
     query per 500 values instead of one per row: planning a year re-records ~70 000 jobs)."""
     return [row for i in range(0, len(values), chunk)
-            for row in session.scalars(query.where(column.in_(values[i:i + chunk])))]
+            for row in fetch(session, query.where(column.in_(values[i:i + chunk])))]
+
+
+def _near(nights: Iterable[str], days: float):
+    """Where a frame's night is within ``days`` of one of ``nights`` (one range of the indexed
+    column per run of close nights)."""
+    span, ranges = timedelta(days=days), []
+    for d in sorted(date.fromisoformat(n) for n in nights):
+        if ranges and d - span <= ranges[-1][1]:
+            ranges[-1][1] = d + span
+        else:
+            ranges.append([d - span, d + span])
+    return or_(false(), *(FrameRow.night.between(a.isoformat(), b.isoformat())
+                          for a, b in ranges))
 
 
 class Registry:
@@ -126,7 +157,13 @@ class Registry:
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
+        with self.engine.connect() as c:
+            index_needs = not inspect(c).has_table(NeedRow.__tablename__)
         Base.metadata.create_all(self.engine)
+        if index_needs:  # a registry older than the needs table: index its jobs once
+            with Session(self.engine) as s, s.begin():
+                s.add_all(NeedRow(job_key=j.key, need=n) for j in s.scalars(select(JobRow))
+                          for n in j.order.get("needs", ()))
 
     @classmethod
     def connect(cls, url: str) -> "Registry":
@@ -159,22 +196,44 @@ class Registry:
                     for k, v in values.items():
                         setattr(row, k, v)
 
-    def load_frames(self) -> list[Frame]:
-        """Every registered frame, as classified: what the planner plans from."""
-        with Session(self.engine) as s:
-            return [Frame.model_validate(r.frame) for r in
-                    s.scalars(select(FrameRow).order_by(FrameRow.mjd, FrameRow.path))]
+    def set_statuses(self, statuses: dict[str, tuple[str, str]]) -> None:
+        """A plan's verdict on each frame (path: status, reason); nothing else of the frame is
+        written, so a registration made while the plan ran is kept."""
+        if statuses:
+            with Session(self.engine) as s, s.begin():
+                s.execute(update(FrameRow), [{"path": p, "status": st, "reason": why}
+                                             for p, (st, why) in statuses.items()])
 
-    def record_orders(self, orders: Iterable[WorkOrder]) -> None:
-        """Add planned jobs; a job already known keeps its state (re-planning is harmless)."""
+    def load_frames(self, nights: Iterable[str] | None = None, days: float = 0) -> list[Frame]:
+        """Every registered frame, as classified: what the planner plans from; with ``nights``,
+        only the frames of nights within ``days`` of them, and the static calibrations."""
+        q = select(FrameRow).order_by(FrameRow.mjd, FrameRow.path)
+        if nights is not None:
+            q = q.where(or_(_near(nights, days), FrameRow.tag.in_(STATIC)))
+        with Session(self.engine) as s:
+            return [Frame.model_validate(r.frame) for r in s.scalars(q)]
+
+    def nights(self, near: Iterable[str], days: float) -> set[str]:
+        """The nights with observations (not static calibrations) within ``days`` of the
+        nights ``near``."""
+        q = select(FrameRow.night).distinct().where(_near(near, days), FrameRow.tag.not_in(STATIC))
+        with Session(self.engine) as s:
+            return set(s.scalars(q))
+
+    def record_orders(self, orders: Iterable[WorkOrder]) -> list[str]:
+        """Add planned jobs; a job already known keeps its state (re-planning is harmless).
+        Returns the keys of the jobs added."""
         orders = list(orders)
         with Session(self.engine) as s, s.begin():
             known = set(_in(s, select(JobRow.key), JobRow.key, [o.job_key for o in orders]))
-            for o in orders:
-                if o.job_key not in known:
-                    known.add(o.job_key)
-                    s.add(JobRow(key=o.job_key, stage=o.stage, night=o.night, setup=o.setup,
-                                 ifu=o.ifu, order=o.model_dump(mode="json")))
+            new = {o.job_key: o for o in orders if o.job_key not in known}
+            if new:
+                s.execute(insert(JobRow), [
+                    dict(key=k, stage=o.stage, night=o.night, setup=o.setup, ifu=o.ifu,
+                         order=o.model_dump(mode="json")) for k, o in new.items()])
+            if needs := [dict(job_key=k, need=n) for k, o in new.items() for n in o.needs]:
+                s.execute(insert(NeedRow), needs)
+        return list(new)
 
     def set_state(self, key: str, state: str, reason: str = "", wall_s: float | None = None,
                   peak_rss_bytes: int | None = None) -> None:
@@ -206,12 +265,26 @@ class Registry:
         with Session(self.engine) as s:
             return s.get(JobRow, key)
 
-    def jobs(self, state: str | None = None) -> list[JobRow]:
+    def jobs(self, *states: str, keys: Iterable[str] | None = None) -> list[JobRow]:
+        """The jobs (in ``states`` if given; among ``keys`` if given)."""
+        q = select(JobRow).order_by(JobRow.stage, JobRow.ifu, JobRow.key)
+        if states:
+            q = q.where(JobRow.state.in_(states))
         with Session(self.engine) as s:
-            q = select(JobRow).order_by(JobRow.stage, JobRow.ifu, JobRow.key)
-            if state:
-                q = q.where(JobRow.state == state)
-            return list(s.scalars(q))
+            return list(s.scalars(q)) if keys is None else _in(s, q, JobRow.key, list(keys))
+
+    def dependents(self, keys: Iterable[str], *states: str) -> list[JobRow]:
+        """The jobs in ``states`` that need a product of one of the jobs ``keys``."""
+        q = select(JobRow).join(NeedRow, NeedRow.job_key == JobRow.key).where(
+            JobRow.state.in_(states))
+        with Session(self.engine) as s:
+            return list({j.key: j for j in _in(s, q, NeedRow.need, list(keys))}.values())
+
+    def states(self, keys: Iterable[str]) -> dict[str, str]:
+        """The state of each of the jobs ``keys`` that exists."""
+        with Session(self.engine) as s:
+            return dict(_in(s, select(JobRow.key, JobRow.state), JobRow.key, list(keys),
+                            fetch=Session.execute))
 
     def frames(self) -> list[FrameRow]:
         with Session(self.engine) as s:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from musedrp import esorex, provenance, qcplot
+from musedrp import esorex, provenance, storage
 from musedrp.errors import MusedrpError
 from musedrp.messages import WorkOrder
 from musedrp.stages import StageSpec, product_tag
@@ -49,7 +49,8 @@ def compute(spec: StageSpec, order: WorkOrder, workdir: Path, cpus: Sequence[int
     args = ([f"--nifu={order.ifu}"] if spec.per_ifu and order.ifu else []) + params.to_esorex_args()
     sof = [esorex.SofEntry(Path(f.path), f.tag) for f in order.inputs]
     run = esorex.run_recipe(spec.recipe, sof, args, workdir, cpus, order.timeout_s)
-    products = esorex.check(run, list(order.products) or spec.product_names(order.ifu, params))
+    products = esorex.check(run, list(order.products) or spec.product_names(order.ifu, params),
+                            order.memory_gb)
     qc = {name: esorex.qc_keywords(p) for name, p in products.items()}
     return StageResult(products=products, qc=qc, run=run)
 
@@ -81,13 +82,14 @@ def execute(
     came from, for the manifest, when the order's paths are local copies (object keys in
     services mode).
     """
-    final = out_root / order.product_dir
+    final = storage.under(out_root, out_root / order.product_dir)
     manifest = provenance.read_manifest(final)
     if manifest is not None and not manifest.get("pruned"):  # pruned: needed again, rerun
         return JobResult(order, "cached", final, manifest=manifest)
     final.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{order.job_key}-", dir=scratch_root))
     try:
+        storage.under(Path(scratch_root or tempfile.gettempdir()), workdir)
         inputs = [{"tag": f.tag, "name": Path(f.path).name, "path": origin,
                    "checksum": provenance.checksum(f), "job_key": f.job_key}
                   for f, origin in zip(order.inputs, origins or [f.path for f in order.inputs],
@@ -102,9 +104,11 @@ def execute(
             return JobResult(order, "failed", final, reason=str(err), manifest=record, error=err)
         for name, path in result.products.items():
             provenance.stamp(path, order.job_key)
-            shutil.move(path, final / name)
+            shutil.move(path, storage.under(final, final / name))
         _keep_logs(workdir, final)
         (final / provenance.ERROR_FILE).unlink(missing_ok=True)
+        from musedrp import qcplot  # matplotlib: paid by the first job, not by every import
+
         plots = qcplot.plot_products({n: final / n for n in result.products}, final)
         manifest = provenance.write_manifest(final, {
             "job_key": order.job_key, "stage": order.stage, "night": order.night,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from musedrp.errors import ConfigError
+from musedrp.settings import write_private
 
 
 def free_port_base(count: int = 6, start: int = 18300, stop: int = 19000) -> int:
@@ -72,10 +73,9 @@ def start(data_dir: Path, base_port: int | None = None, access_key: str = "mused
     base = base_port or free_port_base()
     secret_key = secret_key or secrets.token_hex(16)
     config = data_dir / "s3.json"
-    config.write_text(json.dumps({"identities": [{
+    write_private(config, json.dumps({"identities": [{
         "name": access_key, "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}))
-    config.chmod(0o600)
     s3_port = base + 3
     (data_dir / "logs").mkdir(exist_ok=True)
     (tmp := data_dir / "tmp").mkdir(exist_ok=True)

@@ -6,7 +6,9 @@ database if it does not exist.  Each service runs as its own process (``musedrp 
 NAME``), stage workers pinned one core each, round-robin over this process's CPUs; each logs
 JSON lines to ``STATE_DIR/logs/NAME.log`` and serves metrics on its own port.  What the
 other commands (``submit``, ``status``) need to find the servers is written to
-``STATE_DIR/services.env``; the S3 secret to a file of its own, mode 0600.
+``STATE_DIR/services.env``, and each secret (S3 key, broker password) to a file of its own
+under ``STATE_DIR/secrets``, all readable by this user only.  The services run in sessions of
+their own: a Ctrl-C reaches ``serve`` alone, which sends each service one SIGTERM.
 """
 
 import os
@@ -22,13 +24,14 @@ from pathlib import Path
 from musedrp import broker, esorex, s3server
 from musedrp.errors import ConfigError
 from musedrp.registry import ensure_database
-from musedrp.settings import Settings
+from musedrp.settings import SECRETS, Settings, write_private
 from musedrp.storage import S3Store
 from musedrp.topology import STAGES, queues
 
 SERVICES = ("ingest", "planner", *(s.name for s in STAGES))
 ENV_FILE = "services.env"
 METRICS_BASE = 9310
+SERVICE_COMMAND = (sys.executable, "-m", "musedrp.cli", "service")  # + the service's name
 
 
 def read_env_file(state_dir: Path) -> dict[str, str]:
@@ -60,7 +63,7 @@ def ensure_broker(s: Settings) -> None:
                        check=False, capture_output=True)
         broker.connect(s).close()
     if local:
-        hold_ms = int(max(q.hold_s for q in queues()) * 1000)
+        hold_ms = int(max(q.hold_s for q in queues(s.timeout_s)) * 1000)
         subprocess.run(["rabbitmqctl", "eval",  # noqa: S603, S607
                         f"application:set_env(rabbit, consumer_timeout, {hold_ms})."],
                        check=False, capture_output=True)
@@ -83,8 +86,10 @@ class Fleet:
                **({"MUSEDRP_CPUS": esorex.format_cpus(cpus)} if cpus is not None else {}),
                **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
         with (logs / f"{name}.log").open("ab") as log:
+            # a session of its own: a Ctrl-C in serve's terminal must not reach the service
+            # beside serve's own SIGTERM, as a second signal (which kills the recipe)
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-                [sys.executable, "-m", "musedrp.cli", "service", name], env=env,
+                [*SERVICE_COMMAND, name], env=env, start_new_session=True,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self.processes[name]
 
@@ -122,21 +127,30 @@ def prepare(state_dir: Path) -> tuple[dict[str, str], s3server.S3Server | None]:
     server = None
     if "MUSEDRP_S3_ENDPOINT" not in os.environ:
         server = s3server.start(state_dir / "s3")
-        secret = state_dir / "s3" / "secret"
-        secret.write_text(server.secret_key)
-        secret.chmod(0o600)
         env |= {"MUSEDRP_S3_ENDPOINT": server.endpoint,
                 "MUSEDRP_S3_ACCESS_KEY": server.access_key,
-                "MUSEDRP_S3_SECRET_KEY_FILE": str(secret)}
-        env.pop("MUSEDRP_S3_SECRET_KEY", None)
+                "MUSEDRP_S3_SECRET_KEY": server.secret_key}
     env.setdefault("MUSEDRP_SCRATCH", str(state_dir / "scratch"))
+    env = _secrets_to_files(env, state_dir / "secrets")
     s = Settings.load(env)
     if server is not None:
         _create_bucket(S3Store.from_settings(s))
     ensure_database(s.db_url)
-    (state_dir / ENV_FILE).write_text("".join(f"{k}={v}\n" for k, v in sorted(env.items())
-                                              if k != "MUSEDRP_S3_SECRET_KEY"))
+    # the registry URL may hold a password too
+    write_private(state_dir / ENV_FILE, "".join(f"{k}={v}\n" for k, v in sorted(env.items())))
     return env, server
+
+
+def _secrets_to_files(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """``env`` with each secret moved to a file of its own in ``directory``, named by
+    ``MUSEDRP_<SECRET>_FILE`` instead."""
+    out = dict(env)
+    for name in SECRETS:
+        key = f"MUSEDRP_{name.upper()}"
+        if key in out:
+            write_private(directory / name, out.pop(key))
+            out[f"{key}_FILE"] = str(directory / name)
+    return out
 
 
 def _create_bucket(store: S3Store, timeout_s: float = 30.0) -> None:
@@ -198,11 +212,12 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
     """Do what the observatory's ingest does: upload each raw file, then announce it.
 
     Returns the number of files submitted.  A file is announced only after its upload; the
-    announcement is confirmed by the broker before the next file.
+    announcement is confirmed by the broker before the next file.  Static calibrations are
+    content-addressed: an unchanged file re-uses its object, a changed one gets a new key.
     """
     from musedrp.frames import FITS_SUFFIXES, classify_file
     from musedrp.messages import Envelope, FrameArrived, night_correlation
-    from musedrp.storage import open_store, raw_key
+    from musedrp.storage import open_store, raw_key, static_key
     from musedrp.tags import STATIC_TAGS
 
     store = open_store(s)
@@ -216,20 +231,28 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
         broker.declare(channel, s)
         channel.confirm_delivery()
         t0 = time.monotonic()
+        sent = 0
         for i, path in enumerate(paths, 1):
-            frame = classify_file(path)  # the observatory knows what a file is
-            key = (f"static/{path.name}" if frame.tag in STATIC_TAGS
-                   else raw_key(frame.night, path.name))
+            frame = classify_file(path)  # what the file is; a static one's SHA-256 too
+            static = frame.tag in STATIC_TAGS
+            try:
+                key = (static_key(path.name, frame.checksum) if static
+                       else raw_key(frame.night, path.name))
+            except ValueError as err:  # a name no object key may hold: say so, go on
+                report(f"  skipped {path.name!r}: {err}")
+                continue
             night = frame.night
-            store.put_file(path, key)
+            if not (static and store.exists(key)):
+                store.put_file(path, key)
             broker.publish(channel, Envelope(
                 type="frame.arrived", source="submit", correlation_id=night_correlation(night),
                 payload=FrameArrived(key=key, size=path.stat().st_size)))
+            sent += 1
             if i % 10 == 0 or i == len(paths):
                 report(f"  [{i:>3}/{len(paths)}] {key}  (t+{time.monotonic() - t0:.0f} s)")
     finally:
         connection.close()
-    return len(paths)
+    return sent
 
 
 def status(s: Settings) -> list[str]:

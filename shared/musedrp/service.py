@@ -1,10 +1,13 @@
 """What every service does around its handler: settings, logs, metrics, start-up checks, and
 the consumer loop; a failed check is one critical line and exit code 1 (STYLE.md §11)."""
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import musedrp
@@ -13,6 +16,8 @@ from musedrp.errors import ConfigError
 from musedrp.provenance import git_sha
 from musedrp.settings import Settings
 from musedrp.topology import queue
+
+LOCK_FILE = ".lock"  # in each scratch directory, locked by the process using it
 
 
 def cpu_set(settings: Settings) -> list[int]:
@@ -24,8 +29,10 @@ def cpu_set(settings: Settings) -> list[int]:
 
 
 def own_scratch(settings: Settings, name: str, log: logging.Logger) -> Path:
-    """This process's scratch directory, ``SCRATCH/<name>.<pid>``; directories left there by
-    processes of the same name that no longer run (killed mid-recipe) are removed.
+    """This process's scratch directory, new at every start, ``SCRATCH/<name>.<pid>.<random>``,
+    locked (``flock``) for as long as the process lives.  Directories of processes of the same
+    name whose lock can be taken (killed mid-recipe) are removed: a PID cannot tell, since in
+    a container it is the same (1) at every start.
 
     Raises
     ------
@@ -34,18 +41,37 @@ def own_scratch(settings: Settings, name: str, log: logging.Logger) -> Path:
     """
     try:
         settings.scratch.mkdir(parents=True, exist_ok=True)
-        for stale in settings.scratch.glob(f"{name}.*"):
-            pid = stale.suffix[1:]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                shutil.rmtree(stale, ignore_errors=True)
-                log.info("removed %s, left by a process that no longer runs", stale)
-        mine = settings.scratch / f"{name}.{os.getpid()}"
-        mine.mkdir(exist_ok=True)
-        (mine / ".probe").write_text("ok")
-        (mine / ".probe").unlink()
+        with _locked(settings.scratch / LOCK_FILE):  # one process at a time cleans or creates
+            for stale in filter(Path.is_dir, settings.scratch.glob(f"{name}.*")):
+                if (fd := _lock(stale / LOCK_FILE, blocking=False)) is not None:
+                    shutil.rmtree(stale, ignore_errors=True)
+                    os.close(fd)
+                    log.info("removed %s, left by a process that no longer runs", stale)
+            mine = Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=settings.scratch))
+            _lock(mine / LOCK_FILE)  # held until this process exits: never closed
     except OSError as err:
         raise ConfigError(f"MUSEDRP_SCRATCH={settings.scratch} is not writable: {err}") from err
     return mine
+
+
+def _lock(path: Path, blocking: bool = True) -> int | None:
+    """A descriptor of ``path`` holding its exclusive ``flock``; None if another holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = _lock(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def main(name: str, queue_name: str,
@@ -59,7 +85,7 @@ def main(name: str, queue_name: str,
     log = logs.setup(name, settings.log_format)
     try:
         handler = make_handler(settings, log)  # start-up checks happen here
-        consumer = broker.Consumer(settings, queue(queue_name), handler)
+        consumer = broker.Consumer(settings, queue(queue_name, settings.timeout_s), handler)
         consumer.install_signal_handlers()
         metrics.BUILD.labels(musedrp.__version__, git_sha(), _pipeline()).set(1)
         metrics.serve(settings.metrics_port)

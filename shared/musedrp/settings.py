@@ -99,6 +99,16 @@ class Settings(BaseModel):
         return self.model_dump(mode="json")
 
 
+def write_private(path: Path, text: str) -> None:
+    """``text`` into ``path`` (a secret, or what names one), readable by this user only, at
+    no moment by anyone else, also when the file existed with a wider mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)
+        f.write(text)
+
+
 def _parse_tuples(values: dict[str, Any]) -> dict[str, Any]:
     """``"30,120"`` from the environment -> ``(30, 120)``."""
     out = dict(values)

@@ -3,7 +3,10 @@
 Some static files are valid for a period only: the slice geometry and the astrometry were
 re-measured after interventions, bad-pixel tables were renewed (MUSE.md §6.1).  The table
 below declares those periods by file name; a file that no rule names is valid at any date.
-Among the valid files of a tag the most specific (latest start) wins, then the name.
+Among the valid files of a tag a dated window covering the night beats a file valid at any
+date; among dated ones the later start wins, then the earlier end (a narrower window), then
+the name.  Geometry and astrometry must also match the science field mode, INS.OPTI2.NAME
+(muse.oca; MUSE.md §8); a file without that keyword serves both.
 """
 
 from dataclasses import dataclass
@@ -42,23 +45,37 @@ VALIDITY = (
 )
 
 
+FIELD_TAGS = frozenset({Tag.GEOMETRY_TABLE, Tag.ASTROMETRY_WCS})  # per INS.OPTI2.NAME
+
+
 def rules_for(frame: Frame) -> list[Validity]:
     return [v for v in VALIDITY if v.tag == frame.tag and fnmatch(frame.name, v.pattern)]
 
 
-def choose_static(candidates: list[Frame], tag: Tag, night: date) -> tuple[Frame | None, str]:
-    """The file of ``tag`` valid on ``night``, and why (or why none)."""
+def specificity(rule: Validity | None) -> tuple[bool, date, int]:
+    """Sort key, largest most specific: dated over none, later start, then earlier end."""
+    if rule is None:
+        return False, date.min, 0
+    return True, rule.start or date.min, -(rule.end or date.max).toordinal()
+
+
+def choose_static(candidates: list[Frame], tag: Tag, night: date,
+                  field: str = "") -> tuple[Frame | None, str]:
+    """The file of ``tag`` valid on ``night`` in field mode ``field`` (the science frames'
+    INS.OPTI2.NAME; empty: not checked), and why (or why none)."""
+    in_field = f" in field mode {field}" if field and tag in FIELD_TAGS else ""
     valid = []
     for f in (c for c in candidates if c.tag == tag):
         rules = rules_for(f)
-        if not rules or any(r.covers(night) for r in rules):
-            start = max((r.start for r in rules if r.start and r.covers(night)), default=None)
-            valid.append((start or date.min, f.name, f, rules))
+        covering = [r for r in rules if r.covers(night)]
+        if (covering or not rules) and not (in_field and f.field and f.field != field):
+            rule = max(covering, key=specificity, default=None)
+            valid.append((specificity(rule), f.name, f, rule))
     if not valid:
-        return None, f"no {tag} valid for {night}"
-    _, _, best, rules = max(valid, key=lambda v: (v[0], v[1]))
-    window = (f"valid {rules[0].start or '...'} to {rules[0].end or '...'}" if rules
+        return None, f"no {tag} valid for {night}{in_field}"
+    *_, best, rule = max(valid, key=lambda v: v[:2])
+    window = (f"valid {rule.start or '...'} to {rule.end or '...'}" if rule
               else "no dated rule names it: valid at any date")
     others = len(valid) - 1
-    return best, (f"{tag}: {best.name} ({window})"
+    return best, (f"{tag}: {best.name} ({window}{in_field})"
                   + (f"; {others} other valid file(s) less specific" if others else ""))

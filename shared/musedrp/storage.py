@@ -1,8 +1,8 @@
 """Object storage: S3 (services mode) or a local directory, behind one small interface.
 
-Keys: raw frames under ``raw/<night>/<name>`` (static calibrations under ``static/<name>``,
-as ``musedrp submit`` puts them), products under the work order's
-``products/<night>/<stage>/<setup>/<job_key>/``.  Every object carries the SHA-256 of
+Keys: raw frames under ``raw/<night>/<name>`` (static calibrations under
+``static/<sha256[:16]>/<name>``, as ``musedrp submit`` puts them), products under the work
+order's ``products/<night>/<stage>/<setup>/<job_key>/``.  Every object carries the SHA-256 of
 its content in its metadata and downloads are checked against it.  Header-only reads go
 through :class:`RangeReader`, which fetches byte ranges, never the whole 860 MB frame.
 """
@@ -10,19 +10,62 @@ through :class:`RangeReader`, which fetches byte ranges, never the whole 860 MB 
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
 
-from musedrp.errors import ConfigError, DataError, Transient
+from musedrp.errors import ConfigError, DataError, MusedrpError, NotFound, Transient
 from musedrp.provenance import MANIFEST, file_sha256
 
 SHA_META = "sha256"
 HEADER_BUFFER = 64 * 1024  # one ranged GET per extension header, typically
+CONTROL = r"\x00-\x1f\x7f-\x9f"  # C0, DEL and C1 control characters, as a regex class body
+
+
+def object_key(*parts: str) -> str:
+    """``parts`` joined with ``/``: every object key is built here, from message content too.
+
+    Raises
+    ------
+    ValueError
+        A part that is empty, ``.`` or ``..``, or holds a ``/``, a backslash or a control
+        character: not one path component, so the key could leave its prefix.
+    """
+    for part in parts:
+        if part in ("", ".", "..") or re.search(rf"[/\\{CONTROL}]", part):
+            raise ValueError(f"{part!r} is not a single path component of an object key")
+    return "/".join(parts)
+
+
+def check_key(key: str) -> str:
+    """A whole key (from a message, a setting) checked as ``object_key`` checks its parts;
+    ValueError if one is not a single path component (absolute, ``..``, ``//``)."""
+    return object_key(*key.split("/"))
+
+
+def under(root: Path, path: Path) -> Path:
+    """``path``, if it resolves inside ``root``: defence in depth behind the checked keys and
+    identifiers, against a symbolic link or a bug.
+
+    Raises
+    ------
+    DataError
+        ``path`` resolves outside ``root``.
+    """
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DataError(f"{path} resolves outside {root}")
+    return path
 
 
 def raw_key(night: str, name: str) -> str:
-    return f"raw/{night or 'unknown'}/{name}"
+    return object_key("raw", night or "unknown", name)
+
+
+def static_key(name: str, sha256: str) -> str:
+    """Content-addressed, so a new kit with the same file names never overwrites the old one;
+    the name stays, as SOFs and the planner use it."""
+    return object_key("static", sha256[:16], name)
 
 
 class ObjectStore(Protocol):
@@ -33,6 +76,8 @@ class ObjectStore(Protocol):
     def get_json(self, key: str) -> dict[str, Any] | None: ...
     def open_range(self, key: str) -> tuple["RangeReader", int]: ...
     def keys(self, prefix: str) -> list[str]: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> None: ...
 
 
 class RangeReader(io.RawIOBase):
@@ -74,10 +119,10 @@ def upload_dir(store: ObjectStore, directory: Path, prefix: str) -> dict[str, st
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST)
     keys = {}
     for p in files:
-        store.put_file(p, f"{prefix}/{p.name}")
-        keys[p.name] = f"{prefix}/{p.name}"
+        keys[p.name] = object_key(*prefix.split("/"), p.name)
+        store.put_file(p, keys[p.name])
     if (directory / MANIFEST).exists():
-        store.put_file(directory / MANIFEST, f"{prefix}/{MANIFEST}")
+        store.put_file(directory / MANIFEST, object_key(*prefix.split("/"), MANIFEST))
     return keys
 
 
@@ -88,10 +133,11 @@ class LocalStore:
         self.root = root
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise DataError(f"object key {key!r} leaves the store")
-        return path
+        try:
+            check_key(key)
+        except ValueError as err:
+            raise DataError(f"object key {key!r} leaves the store: {err}") from err
+        return under(self.root, self.root / key).resolve()
 
     def check(self) -> None:
         try:
@@ -112,7 +158,7 @@ class LocalStore:
     def get_file(self, key: str, dest: Path) -> None:
         src = self._path(key)
         if not src.exists():
-            raise DataError(f"no object {key}")
+            raise NotFound(f"no object {key}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
 
@@ -128,7 +174,7 @@ class LocalStore:
     def open_range(self, key: str) -> tuple[RangeReader, int]:
         path = self._path(key)
         if not path.exists():
-            raise DataError(f"no object {key}")
+            raise NotFound(f"no object {key}")
         size = path.stat().st_size
 
         def fetch(first: int, last: int) -> bytes:
@@ -139,11 +185,17 @@ class LocalStore:
         return RangeReader(fetch, size), size
 
     def keys(self, prefix: str) -> list[str]:
-        base = self._path(prefix)
+        base = self._path(prefix.removesuffix("/"))  # a prefix is a directory here
         if not base.exists():
             return []
         return sorted(str(p.relative_to(self.root.resolve())) for p in base.rglob("*")
                       if p.is_file() and not p.name.endswith(".part"))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
 
 
 class S3Store:
@@ -168,25 +220,14 @@ class S3Store:
                    s.s3_region, s.s3_timeout_s, s.s3_attempts)
 
     def _call(self, what: str, fn, *args, **kwargs):
-        """One S3 call with its errors mapped: unreachable or 5xx -> Transient."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """One S3 call, its failure raised as the class :func:`s3_error` gives it."""
         try:
             return fn(*args, **kwargs)
-        except ClientError as err:
-            code = err.response.get("Error", {}).get("Code", "")
-            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if code in ("NoSuchKey", "404", "NotFound"):
-                raise DataError(f"{what}: no such object in s3://{self.bucket}") from err
-            if code in ("NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
-                        "SignatureDoesNotMatch", "403"):
-                raise ConfigError(f"{what}: {code} for s3://{self.bucket} at {self.endpoint}"
-                                  ) from err
-            if status >= 500 or code in ("SlowDown", "RequestTimeout"):
-                raise Transient(f"{what}: S3 {code or status}") from err
-            raise DataError(f"{what}: S3 {code or status}: {err}") from err
-        except BotoCoreError as err:
-            raise Transient(f"{what}: S3 at {self.endpoint} unreachable: {err}") from err
+        except Exception as err:
+            mapped = s3_error(err, f"{what} (s3://{self.bucket} at {self.endpoint})")
+            if mapped is None:
+                raise
+            raise mapped from err
 
     def check(self) -> None:
         """The bucket exists and is writable.
@@ -199,7 +240,7 @@ class S3Store:
         try:
             self._call("head bucket", self.client.head_bucket, Bucket=self.bucket)
             self.put_json({"probe": True}, ".write-probe")
-        except Transient as err:
+        except (Transient, DataError) as err:  # at start-up, whatever it is, it is a setting
             raise ConfigError(str(err)) from err
 
     def create_bucket(self) -> None:
@@ -223,7 +264,7 @@ class S3Store:
         self._call(f"download {key}", self.client.download_file, self.bucket, key, str(dest))
         expected = head.get("Metadata", {}).get(SHA_META)
         if expected and file_sha256(dest) != expected:
-            raise Transient(f"download {key}: SHA-256 differs from the stored one")
+            raise DataError(f"download {key}: SHA-256 differs from the stored one")
 
     def put_json(self, content: dict[str, Any], key: str) -> None:
         body = (json.dumps(content, indent=1, default=str) + "\n").encode()
@@ -233,18 +274,18 @@ class S3Store:
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         try:
-            obj = self._call(f"get {key}", self.client.get_object, Bucket=self.bucket, Key=key)
-        except DataError:
+            body = self._call(f"get {key}", lambda: self.client.get_object(
+                Bucket=self.bucket, Key=key)["Body"].read())
+        except NotFound:
             return None
-        return json.loads(obj["Body"].read())
+        return json.loads(body)
 
     def open_range(self, key: str) -> tuple[RangeReader, int]:
         head = self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=key)
 
         def fetch(first: int, last: int) -> bytes:
-            obj = self._call(f"read {key}", self.client.get_object, Bucket=self.bucket, Key=key,
-                             Range=f"bytes={first}-{last}")
-            return obj["Body"].read()
+            return self._call(f"read {key}", lambda: self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes={first}-{last}")["Body"].read())
 
         return RangeReader(fetch, head["ContentLength"]), head["ContentLength"]
 
@@ -253,6 +294,66 @@ class S3Store:
         pages = self._call(f"list {prefix}", lambda: list(
             paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
         return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=key)
+        except NotFound:
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete {key}", self.client.delete_object, Bucket=self.bucket, Key=key)
+
+
+# S3 error codes by class; the HTTP status decides the others (5xx and 429 transient, 403
+# configuration, any other 4xx a DataError)
+TRANSIENT_CODES = frozenset({"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout",
+                             "Throttling", "ThrottlingException", "TooManyRequests",
+                             "RequestLimitExceeded"})
+CONFIG_CODES = frozenset({"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId",
+                          "SignatureDoesNotMatch", "AuthorizationHeaderMalformed",
+                          "RequestTimeTooSkewed", "ExpiredToken", "InvalidToken"})
+MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})  # a HEAD's error has no body
+
+
+def s3_error(err: Exception, what: str) -> MusedrpError | None:
+    """The class of an S3 failure, or None if ``err`` is none (a full scratch disk, a bug).
+
+    ``Transient``: 5xx, throttling, connection errors, timeouts, broken bodies.  ``NotFound``
+    (a ``DataError``): no such key.  ``DataError``: any other 4xx, a bad checksum.
+    ``ConfigError``: 403 (credentials, signature, clock), no such bucket, no credentials.
+    boto3's transfer manager wraps the cause: a ClientError into ``S3UploadFailedError`` (as
+    its context), a body that broke on every attempt into ``RetriesExceededError``
+    (``last_exception``); the cause decides.
+    """
+    from boto3.exceptions import Boto3Error
+    from botocore import exceptions as bce
+    from s3transfer import exceptions as s3t
+
+    wrappers = (Boto3Error, s3t.RetriesExceededError, s3t.S3UploadFailedError,
+                s3t.S3DownloadFailedError)
+    while isinstance(err, wrappers) and (
+            inner := getattr(err, "last_exception", None) or err.__cause__ or err.__context__):
+        err = inner
+    if isinstance(err, bce.ClientError):
+        code = err.response.get("Error", {}).get("Code", "")
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if code in CONFIG_CODES or status == 403:
+            return ConfigError(f"{what}: S3 {code or status}: check the bucket and credentials")
+        if code in MISSING_CODES:
+            return NotFound(f"{what}: S3 {code}: no such object")
+        if code in TRANSIENT_CODES or status >= 500 or status == 429:
+            return Transient(f"{what}: S3 {code or status}")
+        return DataError(f"{what}: S3 {code or status}: {err}")
+    if isinstance(err, bce.ConnectionError | bce.HTTPClientError | bce.IncompleteReadError
+                  | ConnectionError | TimeoutError):
+        return Transient(f"{what}: unreachable: {err!r}")
+    if isinstance(err, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return ConfigError(f"{what}: {err}")
+    if isinstance(err, (bce.BotoCoreError, *wrappers)):  # e.g. a checksum that does not match
+        return DataError(f"{what}: {err}")
+    return None
 
 
 def open_store(settings) -> ObjectStore:

@@ -3,11 +3,12 @@
 import functools
 import importlib
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from musedrp import runner
-from musedrp.runner import ComputeFn
 from musedrp.stages import StageSpec
+
+if TYPE_CHECKING:  # the runner (esorex, astropy, matplotlib) only when a stage computes
+    from musedrp.runner import ComputeFn
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class Stage:
     def spec(self) -> StageSpec:
         return importlib.import_module(f"musedrp.services.{self.name}.spec").SPEC
 
-    def compute(self) -> ComputeFn:
+    def compute(self) -> "ComputeFn":
         """The stage's own ``compute.run`` if it has one, else the shared recipe body.
 
         Most stages are fully described by their spec; a ``compute.py`` beside the spec is
@@ -29,6 +30,8 @@ class Stage:
         except ModuleNotFoundError as err:
             if err.name != f"musedrp.services.{self.name}.compute":
                 raise
+            from musedrp import runner
+
             return functools.partial(runner.compute, self.spec)
 
 
@@ -72,19 +75,22 @@ def work_key(stage: str) -> str:
     return f"work.{stage}"
 
 
-def queues() -> tuple[Queue, ...]:
-    """Ingest, planner, and one work queue per stage held up to its recipe timeout."""
+def queues(timeout_s: float | None = None) -> tuple[Queue, ...]:
+    """Ingest, planner, and one work queue per stage held up to its recipe timeout plus
+    transfers; ``timeout_s`` (``MUSEDRP_TIMEOUT_S``) replaces every stage's recipe timeout,
+    as the worker does, so that the broker never takes back a message still computing."""
     return (
         Queue("ingest", ("frame.arrived",)),
         Queue("planner", ("frame.registered", "job.finished", "product.created")),
-        *(Queue(work_key(s.name), (work_key(s.name),), s.spec.timeout_s + TRANSFER_MARGIN_S)
-          for s in STAGES),
+        *(Queue(work_key(s.name), (work_key(s.name),),
+                (timeout_s or s.spec.timeout_s) + TRANSFER_MARGIN_S) for s in STAGES),
     )
 
 
-def queue(name: str) -> Queue:
-    """The queue called ``name``; KeyError naming the ones that exist."""
-    found = {q.name: q for q in queues()}
+def queue(name: str, timeout_s: float | None = None) -> Queue:
+    """The queue called ``name`` (``timeout_s`` as for ``queues``); KeyError naming the ones
+    that exist."""
+    found = {q.name: q for q in queues(timeout_s)}
     if name not in found:
         raise KeyError(f"no queue {name!r}; one of {', '.join(found)}")
     return found[name]

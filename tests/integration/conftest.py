@@ -8,12 +8,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from musedrp.registry import ensure_database
 from musedrp.simulate.night import Truth, simulate_night
+
+from ..conftest import PG_ADMIN_URL
 
 IFU = 1  # the IFU the single-IFU checks look at
 IFUS = (1, 2, 3)
@@ -69,3 +75,32 @@ def manifest(out: Path, stage: str, ifu: int | None = IFU) -> dict:
     found = [json.loads(p.read_text()) for p in products(out, stage, "manifest.json")]
     (m,) = [m for m in found if m["ifu"] == ifu]
     return m
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
+
+
+@contextmanager
+def throwaway_vhost(database: bool = False) -> Iterator[dict[str, str]]:
+    """A RabbitMQ vhost (and, if asked, a PostgreSQL database) of a test's own, removed
+    afterwards: the ``MUSEDRP_*`` settings that point at them."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.fail("rabbitmqctl not found: the services tests need a local RabbitMQ")
+    tag = uuid.uuid4().hex[:8]
+    vhost, db = f"musedrp-test-{tag}", f"musedrp_test_{tag}"
+    env = {"MUSEDRP_AMQP_VHOST": vhost}
+    rabbitmqctl("add_vhost", vhost)
+    try:
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        if database:
+            env["MUSEDRP_DB_URL"] = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}"
+            ensure_database(env["MUSEDRP_DB_URL"])
+        yield env
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+        if database:
+            engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+            with engine.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+            engine.dispose()

@@ -32,6 +32,8 @@ def test_reduce_succeeds(reduced):
     assert re.search(r"Jobs: (\d+) in \d+ s: \1 succeeded", log), log
     assert "11 x BIAS: read-out mode FAST" in log
     assert "muse_flat refuses mixed read-out modes" in log
+    # the second instrument mode's flats are closest in time, and refused for their mode
+    assert "3 x FLAT: instrument mode WFM-AO-N differs" in log
 
 
 def test_bias_qc_reproduces_the_simulated_detector(reduced, night):

@@ -49,9 +49,9 @@ def test_hanging_catalogue_is_killed_at_the_timeout(night, workspace, reduced):
         InputFile(tag=Tag.TRACE_TABLE, path=str(trace)),
         InputFile(tag=Tag.LINE_CATALOG, path=str(catalog)),
     ]
-    order = WorkOrder(stage="wavecal", recipe="muse_wavecal", job_key="hang", night="x",
-                      setup="x", ifu=IFU, inputs=tuple(inputs), params={}, memory_gb=2,
-                      timeout_s=TIMEOUT_S)
+    order = WorkOrder(stage="wavecal", recipe="muse_wavecal", job_key="00000000000000aa",
+                      night="2014-08-01", setup="x", ifu=IFU, inputs=tuple(inputs), params={},
+                      memory_gb=2, timeout_s=TIMEOUT_S)
     before = esorex_processes()
     t0 = time.monotonic()
     with pytest.raises(Transient, match="exceeded its 120 s wall-clock limit") as err:

@@ -21,61 +21,45 @@ import numpy as np
 import pika
 import pytest
 from astropy.io import fits
-from sqlalchemy import create_engine, text
 
 from musedrp import broker, s3server
 from musedrp.frames import classify_dir
 from musedrp.messages import Envelope, FrameArrived, WorkOrder, decode
-from musedrp.registry import Registry, ensure_database
+from musedrp.registry import Registry
 from musedrp.serve import Fleet, submit
 from musedrp.settings import Settings
 from musedrp.storage import S3Store
 from musedrp.tags import Tag
 from musedrp.topology import EXCHANGE
 
-from ..conftest import PG_ADMIN_URL
-from .conftest import IFU, products
+from .conftest import IFU, products, rabbitmqctl, throwaway_vhost
 
 pytestmark = pytest.mark.integration
 SUBMITTED = (Tag.BIAS, Tag.FLAT, Tag.OBJECT)
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def infra(workspace: Path) -> Iterator[dict]:
     """An S3 server, a vhost and a database for this module; all removed afterwards."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.fail("rabbitmqctl not found: the services tests need a local RabbitMQ")
     workspace = Path(tempfile.mkdtemp(prefix="services-", dir=workspace))
     s3 = s3server.start(workspace / "s3")
-    tag = uuid.uuid4().hex[:8]
-    vhost, db = f"musedrp-test-{tag}", f"musedrp_test_{tag}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db}"
-    ensure_database(db_url)
-    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
-           "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
-           "MUSEDRP_DB_URL": db_url, "MUSEDRP_SCRATCH": str(workspace / "scratch"),
-           "MUSEDRP_PLAN_QUIET_S": "2", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
-           "MUSEDRP_IFUS": str(IFU), "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
-    settings = Settings.load(env)
-    store = S3Store.from_settings(settings)
-    store.create_bucket()
-    state = {"env": env, "settings": settings, "store": store, "s3": s3,
-             "fleet": Fleet(workspace / "services", env), "workspace": workspace}
-    yield state
-    state["fleet"].stop_all()
-    state["s3"].stop()  # the one running now: a test restarts it
-    shutil.rmtree(workspace, ignore_errors=True)
-    rabbitmqctl("delete_vhost", vhost)
-    engine = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with engine.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-    engine.dispose()
+    with throwaway_vhost(database=True) as names:
+        # a quiet period of 5 s: a plan made while the night's frames still arrive would see a
+        # night of calibrations alone and issue their jobs too
+        env = {**names, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
+               "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
+               "MUSEDRP_SCRATCH": str(workspace / "scratch"),
+               "MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
+               "MUSEDRP_IFUS": str(IFU), "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
+        settings = Settings.load(env)
+        store = S3Store.from_settings(settings)
+        store.create_bucket()
+        state = {"env": env, "settings": settings, "store": store, "s3": s3,
+                 "fleet": Fleet(workspace / "services", env), "workspace": workspace}
+        yield state
+        state["fleet"].stop_all()
+        state["s3"].stop()  # the one running now: a test restarts it
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 class Events:
@@ -315,7 +299,7 @@ def test_a_recipe_over_its_time_limit_is_retried_then_dead_lettered(infra, submi
     fleet, events, store = infra["fleet"], submitted["events"], infra["store"]
     fleet.stop("bias")
     start_consuming(fleet, "bias", [0], timeout_s="4", retry_delays_s="1")
-    order = _bias_order(infra).model_copy(update={"job_key": "timeout" + uuid.uuid4().hex[:9]})
+    order = _bias_order(infra).model_copy(update={"job_key": uuid.uuid4().hex[:16]})
     _publish_order(events, order)
     events.wait(lambda _: events.finished(order.job_key, "failed"), 300,
                 "the timed-out job's failure", fleet)

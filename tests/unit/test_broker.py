@@ -7,8 +7,8 @@ import pytest
 
 from musedrp import broker
 from musedrp.broker import ATTEMPT, REASON, Consumer, Fate, Handler, fate
-from musedrp.errors import DataError, Interrupted, NoWork, Transient
-from musedrp.messages import Envelope, FrameArrived
+from musedrp.errors import ConfigError, DataError, Interrupted, NoWork, Transient
+from musedrp.messages import MAX_BODY_BYTES, Envelope, FrameArrived
 from musedrp.settings import Settings
 from musedrp.topology import DEAD_EXCHANGE, queue
 
@@ -38,6 +38,7 @@ class Raising(Handler):
     (DataError("esorex exited with 1"), 1, "failed", 1),
     (KeyError("a bug"), 1, "failed", 1),
     (Interrupted(), 1, "interrupted", 0),
+    (ConfigError("S3 AccessDenied"), 1, "stopped", 0),
 ])
 def test_each_error_has_one_outcome(error, attempt, outcome, events):
     result = fate(Raising(error), ENV, attempt, DELAYS, interrupted=lambda: False)
@@ -73,13 +74,16 @@ class Channel:
     def basic_nack(self, tag, requeue):
         self.calls.append(("nack", tag, requeue))
 
+    def basic_cancel(self, tag):
+        self.calls.append(("cancel", tag))
 
-def settle(result: Fate, headers=None):
-    consumer = Consumer(Settings.load({}), queue("work.bias"), Raising())
+
+def settle(result: Fate, headers=None, consumer=None):
+    consumer = consumer or Consumer(Settings.load({}), queue("work.bias"), Raising())
     channel = Channel()
     props = SimpleNamespace(headers=headers, content_type="application/json", type="work.bias",
                             message_id="m", correlation_id="c")
-    consumer._settle(channel, 7, b"body", props, result)
+    consumer._settle(channel, 7, b"body", props, result, broker.attempt_number(headers))
     return channel.calls
 
 
@@ -110,6 +114,19 @@ def test_interrupted_is_requeued_not_acked():
     assert settle(Fate("interrupted")) == [("nack", 7, True)]
 
 
+def test_a_config_error_requeues_and_stops_the_consumer():
+    """Stopping, not dead-lettering: every other message would die of the same setting.  The
+    consumer is cancelled first, so the message is not handed straight back to it; the message
+    goes back to the end of its queue as it came (a nack would count towards the delivery
+    limit); ``run`` then raises the ConfigError (exit 1, the supervisor restarts the service)."""
+    consumer = Consumer(Settings.load({}), queue("work.bias"), Raising())
+    consumer._tag = "ctag"
+    assert settle(Fate("stopped", reason="S3 AccessDenied"), {broker.ATTEMPT: 2},
+                  consumer=consumer) == [
+        ("cancel", "ctag"), ("publish", "", "work.bias", {broker.ATTEMPT: 2}), ("ack", 7)]
+    assert consumer.stopping and consumer.fatal == "S3 AccessDenied"
+
+
 class FailingIdle(Handler):
     def __init__(self, error):
         self.error = error
@@ -125,3 +142,40 @@ def test_periodic_work_that_fails_is_tried_again_later_not_fatal():
                     FailingIdle(broker.pe.StreamLostError("gone")))
     with pytest.raises(broker.pe.StreamLostError):
         lost._idle(Channel())
+
+
+def deliver(body: bytes, headers=None):
+    """One delivery to the consumer's ``on_message``, on a recording channel."""
+    consumer = Consumer(Settings.load({}), queue("work.bias"), Raising())
+    channel = Channel()
+    props = SimpleNamespace(headers=headers, content_type="application/json", type="work.bias",
+                            message_id="m", correlation_id="c")
+    consumer._on_message_factory(None, channel)(channel, SimpleNamespace(delivery_tag=7), props,
+                                                body)
+    return consumer, channel.calls
+
+
+@pytest.mark.parametrize("attempt", ["two", "2", -1, 0, broker.MAX_ATTEMPT + 1, 10**30, 2.5,
+                                     True, None, b"\x01"])
+def test_a_bad_attempt_header_is_dead_lettered_with_the_reason(attempt):
+    consumer, calls = deliver(ENV.encode(), {ATTEMPT: attempt})
+    (_, exchange, key, headers), ack = calls
+    assert (exchange, key) == (DEAD_EXCHANGE, "dead.work.bias")
+    assert headers[REASON] == (f"header {ATTEMPT} is {attempt!r}, not an attempt from 1 to "
+                               f"{broker.MAX_ATTEMPT}")
+    assert ack == ("ack", 7) and consumer._job is None  # nothing was run
+
+
+def test_a_body_above_the_limit_is_dead_lettered_with_the_reason():
+    body = b" " * (MAX_BODY_BYTES + 1)
+    _, calls = deliver(body, {ATTEMPT: 2})
+    (_, exchange, key, headers), ack = calls
+    assert (exchange, key, headers[ATTEMPT]) == (DEAD_EXCHANGE, "dead.work.bias", 2)
+    assert headers[REASON] == (f"body of {len(body)} bytes exceeds the limit of "
+                               f"{MAX_BODY_BYTES}")
+    assert ack == ("ack", 7)
+
+
+def test_the_attempt_comes_from_its_header():
+    assert broker.attempt_number(None) == broker.attempt_number({}) == 1
+    assert broker.attempt_number({ATTEMPT: 3, "other": "x"}) == 3

@@ -1,5 +1,7 @@
 """The esorex runner, with a fake esorex: pinning, threads, timeouts, failures, products."""
 
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -8,9 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from astropy.io import fits
 
-from musedrp import esorex
-from musedrp.errors import DataError, Transient
+from musedrp import esorex, runner
+from musedrp.errors import DataError, Interrupted, Transient
+from musedrp.messages import InputFile, WorkOrder
+from musedrp.services.bias.spec import SPEC as BIAS
 from musedrp.tags import Tag
 
 FAKE = Path(__file__).parent.parent / "fake_esorex.py"
@@ -23,6 +28,7 @@ def fake(tmp_path, monkeypatch):
     raw.write_bytes(b"raw")
     # the fake is a Python script: make sure it finds this interpreter's astropy
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setattr(esorex, "RECIPE_ENV", (*esorex.RECIPE_ENV, "FAKE_ESOREX_MODE"))
 
     def run(mode="ok", cpus=(0,), timeout=30.0, threads=None):
         monkeypatch.setenv("FAKE_ESOREX_MODE", mode)
@@ -86,7 +92,7 @@ def test_sof_log_versions_and_products(fake, tmp_path):
     run, probe = fake()
     sof = (tmp_path / "work" / esorex.SOF_FILE).read_text().split()
     assert Path(sof[0]).name == "MUSE.2014-08-01T18:00:01.500.fits"  # original name kept
-    assert Path(sof[0]).resolve() == tmp_path / "MUSE.2014-08-01T18:00:01.500.fits"
+    assert (tmp_path / "work" / sof[0]).resolve() == tmp_path / "MUSE.2014-08-01T18:00:01.500.fits"
     assert sof[1] == "BIAS"
     assert probe["argv"][-1].endswith(esorex.SOF_FILE)
     assert any(a.startswith("--output-dir=") for a in probe["argv"])
@@ -118,11 +124,38 @@ def test_timeout_kills_the_whole_process_group(fake, tmp_path):
     assert not _alive(child), "the recipe's own child process survived the timeout"
 
 
+def test_a_recipe_stopped_by_a_shutdown_is_interrupted_not_out_of_memory(fake, tmp_path):
+    """A second SIGTERM kills the running recipes (``kill_all``): that SIGKILL is ours."""
+    threading.Timer(2.0, esorex.kill_all).start()
+    with pytest.raises(Interrupted, match="stopped by a shutdown"):
+        fake(mode="hang", timeout=60)
+
+
 def test_failure_carries_the_error_line(fake):
     run, _ = fake(mode="fail")
     assert run.returncode == 1 and run.errors == ["something broke"]
     with pytest.raises(DataError, match="exited with 1.*something broke"):
         esorex.check(run, ["MASTER_BIAS-01.fits"])
+
+
+def test_a_recipe_killed_by_sigkill_is_said_to_be_out_of_memory(fake):
+    run, _ = fake(mode="sigkill")
+    assert run.returncode == -9 and not run.timed_out
+    with pytest.raises(DataError, match=r"muse_bias was killed by SIGKILL — most likely the "
+                       r"kernel's out-of-memory killer \(peak RSS \d+\.\d\d GB, "
+                       r"estimate 2\.5 GB\)"):
+        esorex.check(run, ["MASTER_BIAS-01.fits"], 2.5)
+
+
+def test_the_runner_names_the_estimate_of_a_killed_job(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_ESOREX_MODE", "sigkill")
+    monkeypatch.setattr(esorex, "esorex_path", lambda: str(FAKE))
+    order = WorkOrder(stage="bias", recipe="muse_bias", job_key="0123456789abcdef",
+                      night="2014-08-01",
+                      setup="S", ifu=1, inputs=(InputFile(tag=Tag.BIAS, path=str(FAKE)),),
+                      params={}, memory_gb=1.7, timeout_s=60)
+    with pytest.raises(DataError, match=r"out-of-memory killer \(peak RSS .*, estimate 1\.7 GB\)"):
+        runner.compute(BIAS, order, tmp_path / "work", [0])
 
 
 def test_exit_zero_without_products_is_a_failure(fake):
@@ -150,3 +183,78 @@ def test_parse_log_levels():
         "10:00:00 [WARNING] : [tid=000] Unable to open directory /usr/lib/cpl/plugins\n"
         "10:00:00 [WARNING] muse_trace: [tid=000] lost trace\nnot a log line\n")
     assert errors == ["bad"] and warnings == ["lost trace"] and versions == {}
+
+
+def test_the_recipe_gets_no_secret_of_the_service(fake, monkeypatch, tmp_path):
+    secrets = {"PGPASSWORD": "s1", "MUSEDRP_S3_SECRET_KEY": "s2", "MUSEDRP_AMQP_PASSWORD": "s3",
+               "MUSEDRP_DB_URL": "postgresql+psycopg://u:s4@db/musedrp", "AWS_ACCESS_KEY_ID": "s5",
+               "AWS_SECRET_ACCESS_KEY": "s6", "AWS_SESSION_TOKEN": "s7", "SOME_API_TOKEN": "s8",
+               "MUSEDRP_S3_SECRET_KEY_FILE": "/run/secrets/s9"}
+    kept = {"LANG": "C.UTF-8", "LC_NUMERIC": "C", "TZ": "UTC", "TMPDIR": str(tmp_path)}
+    for name, value in {**secrets, **kept}.items():
+        monkeypatch.setenv(name, value)
+    _, probe = fake(cpus=[0])
+    env = probe["env"]
+    assert not set(secrets) & set(env)
+    assert not any(s in value for value in env.values() for s in ("s1", "s4", "s6", "s9"))
+    assert {k: env[k] for k in kept} == kept
+    assert env["PATH"] == os.environ["PATH"] and env["OMP_NUM_THREADS"] == "1"
+    assert env["HOME"] == str(tmp_path / "work")
+
+
+def test_compute_leaves_its_inputs_unchanged(fake, tmp_path, monkeypatch, make_frame):
+    """STYLE.md §5: a stage's compute, run by the runner, changes no byte of its inputs."""
+    monkeypatch.setattr(esorex, "esorex_path", lambda: str(FAKE))
+    raws = [make_frame({"TPL.EXPNO": i}) for i in (1, 2, 3)]
+    order = WorkOrder(stage="bias", recipe="muse_bias", job_key="0123456789abcdef",
+                      night="2014-08-01", setup="S", ifu=1, params={}, memory_gb=1.0,
+                      timeout_s=60, inputs=tuple(InputFile(tag=Tag.BIAS, path=str(p))
+                                                 for p in raws))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in raws}
+    result = runner.execute(order, BIAS, functools.partial(runner.compute, BIAS),
+                            tmp_path / "out", [0], tmp_path)
+    assert result.outcome == "succeeded", result.reason
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in raws} == before
+
+
+def test_sof_entries_work_in_a_directory_whose_path_has_blanks(tmp_path, monkeypatch):
+    """esorex splits SOF lines on blanks: the lines name the inputs' links relative to the
+    work directory, where esorex runs, so a scratch path like this one never reaches it."""
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_ESOREX_MODE", "ok")
+    raw = tmp_path / "raw frames" / "MUSE.2014-08-01T18:00:01.500.fits"
+    raw.parent.mkdir()
+    raw.write_bytes(b"raw")
+    work = tmp_path / "scratch dir" / "job 1"
+    run = esorex.run_recipe("muse_bias", [esorex.SofEntry(raw, Tag.BIAS)], ["--nifu=1"], work,
+                            [0], 30.0, esorex=str(FAKE))
+    assert (run.returncode, run.errors) == (0, [])
+    assert (work / esorex.SOF_FILE).read_text() == (
+        "inputs/MUSE.2014-08-01T18:00:01.500.fits BIAS\n")
+    assert list(esorex.check(run, ["MASTER_BIAS-01.fits"])) == ["MASTER_BIAS-01.fits"]
+
+
+def _run_with(tmp_path: Path, name: str, catg: str | None) -> esorex.RecipeRun:
+    """A finished run whose one product ``name`` carries PRO.CATG ``catg`` (None: none)."""
+    header = fits.Header()
+    if catg is not None:
+        header["HIERARCH ESO PRO CATG"] = catg
+    fits.PrimaryHDU(header=header).writeto(tmp_path / name)
+    return esorex.RecipeRun(recipe="muse_flat", command=[], returncode=0, wall_s=1.0,
+                            cpu_user_s=1.0, cpu_sys_s=0.0, peak_rss_bytes=1, cpus=[0],
+                            omp_num_threads=1, timed_out=False, products=[tmp_path / name])
+
+
+@pytest.mark.parametrize("catg", ["MASTER", "", "MASTER_FLAT_X", "TRACE_TABLE", None])
+def test_a_product_must_carry_exactly_the_category_its_name_declares(tmp_path, catg):
+    run = _run_with(tmp_path, "MASTER_FLAT-01.fits", catg)
+    with pytest.raises(DataError, match=f"^product MASTER_FLAT-01.fits has PRO.CATG={catg!r}, "
+                       "not 'MASTER_FLAT'$"):
+        esorex.check(run, ["MASTER_FLAT-01.fits"])
+
+
+@pytest.mark.parametrize(("name", "catg"), [("MASTER_FLAT-01.fits", "MASTER_FLAT"),
+                                            ("PIXTABLE_OBJECT_0001-01.fits", "PIXTABLE_OBJECT"),
+                                            ("DATACUBE_FINAL.fits", "DATACUBE_FINAL")])
+def test_a_product_of_its_declared_category_passes(tmp_path, name, catg):
+    assert list(esorex.check(_run_with(tmp_path, name, catg), [name])) == [name]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
+from musedrp import runner
 from musedrp.errors import DataError
 from musedrp.esorex import RecipeRun
 from musedrp.executor import LocalExecutor
@@ -19,9 +20,12 @@ from musedrp.services.bias.spec import SPEC as BIAS
 from musedrp.services.flat.spec import SPEC as FLAT
 from musedrp.tags import Tag
 
+from ..conftest import job_key, job_name
+
 
 class FakeCompute:
-    """Records concurrency; sleeps ``durations[job_key]``; fails the keys in ``fail``."""
+    """Records concurrency; sleeps ``durations[name]``; fails the jobs named in ``fail``
+    (job names as ``make_order`` takes them)."""
 
     def __init__(self, durations=None, fail=()):
         self.durations, self.fail = durations or {}, set(fail)
@@ -33,19 +37,20 @@ class FakeCompute:
         self.ended: dict[str, float] = {}
 
     def __call__(self, order: WorkOrder, workdir: Path, cpus) -> StageResult:
+        key = job_name(order.job_key)
         with self.lock:
-            self.calls.append(order.job_key)
-            self.started[order.job_key] = time.monotonic()
+            self.calls.append(key)
+            self.started[key] = time.monotonic()
             self.active += 1
             self.memory += order.memory_gb
             self.max_active = max(self.max_active, self.active)
             self.max_memory = max(self.max_memory, self.memory)
-        time.sleep(self.durations.get(order.job_key, 0.2))
+        time.sleep(self.durations.get(key, 0.2))
         with self.lock:
             self.active -= 1
             self.memory -= order.memory_gb
-            self.ended[order.job_key] = time.monotonic()
-        if order.job_key in self.fail:
+            self.ended[key] = time.monotonic()
+        if key in self.fail:
             raise DataError("recipe crashed")
         name = {"bias": "MASTER_BIAS-{:02d}.fits", "flat": "MASTER_FLAT-{:02d}.fits",
                 "scibasic": "PIXTABLE_OBJECT_0001-{:02d}.fits",
@@ -66,17 +71,21 @@ def raw(tmp_path):
     return path
 
 
-def make_order(key, stage, ifu, raw, memory=2.5, needs=()):
-    return WorkOrder(stage=stage, recipe=f"muse_{stage}", job_key=key, night="2014-08-01",
-                     setup="S", ifu=ifu, inputs=(InputFile(tag=Tag.BIAS, path=str(raw)),),
-                     params={}, memory_gb=memory, timeout_s=60, needs=tuple(needs))
+def make_order(name, stage, ifu, raw, memory=2.5, needs=()):
+    return WorkOrder(stage=stage, recipe=f"muse_{stage}", job_key=job_key(name),
+                     night="2014-08-01", setup="S", ifu=ifu,
+                     inputs=(InputFile(tag=Tag.BIAS, path=str(raw)),), params={},
+                     memory_gb=memory, timeout_s=60, needs=tuple(map(job_key, needs)))
 
 
 def executor(tmp_path, compute, cpus=4, memory=10.0, prune=False, registry=None):
     specs = {"bias": BIAS, "flat": FLAT, "scibasic": FLAT, "scipost": replace(FLAT, multicore=True)}
-    return LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
-                         scratch=tmp_path, stage_for=lambda name: (specs[name], compute),
-                         prune=prune, registry=registry)
+    executor = LocalExecutor(tmp_path / "out", list(range(cpus)), memory, report=lambda _: None,
+                             scratch=tmp_path, stage_for=lambda name: (specs[name], compute),
+                             prune=prune, registry=registry)
+    run = executor.run
+    executor.run = lambda orders: {job_name(k): r for k, r in run(orders).items()}  # by name
+    return executor
 
 
 @pytest.mark.parametrize(("budget", "expected"), [(5.0, 2), (7.5, 3), (20.0, 4)])
@@ -124,7 +133,7 @@ def test_failure_skips_downstream_and_the_rest_goes_on(tmp_path, raw):
     outcome = {k: r.outcome for k, r in results.items()}
     assert outcome == {"b1": "failed", "b2": "succeeded", "f1": "skipped", "f2": "succeeded"}
     assert "recipe crashed" in results["b1"].reason
-    assert "upstream job b1" in results["f1"].reason
+    assert f"upstream job {job_key('b1')}" in results["f1"].reason
     assert (results["b1"].directory / "error.txt").read_text() == "recipe crashed\n"
     assert not (results["b1"].directory / "manifest.json").exists()
     assert "f1" not in compute.calls
@@ -146,7 +155,7 @@ def test_rerun_recomputes_nothing(tmp_path, raw):
     manifest = results["f1"].directory / "manifest.json"
     stamp = manifest.stat().st_mtime_ns
     stamped = fits.getheader(results["b1"].directory / "MASTER_BIAS-01.fits")
-    assert stamped["MUSEDRP JOB KEY"] == "b1"
+    assert stamped["MUSEDRP JOB KEY"] == job_key("b1")
     second = FakeCompute()
     again = executor(tmp_path, second).run(orders)
     assert {r.outcome for r in again.values()} == {"cached"}
@@ -196,3 +205,20 @@ def test_pixel_tables_are_pruned_once_every_reader_succeeded(tmp_path, raw):
     executor(tmp_path, third).run([*orders, make_order("r", "scipost", None, raw, needs=["s1"])])
     assert third.calls == ["s1", "r"]
     assert pixtable["s1"].exists()
+
+
+def test_the_runner_writes_nothing_outside_its_output_root(tmp_path, raw):
+    """Defence in depth behind the checked identifiers: an order that skipped validation,
+    and a directory link leading out of the output root."""
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    outside.mkdir()
+    order = make_order("b1", "bias", 1, raw)
+    escape = "../../../../x"  # from out/products/<night>/<stage>/ to tmp_path/x
+    with pytest.raises(ValueError, match=f"'{escape}' is not a single path component"):
+        runner.execute(order.model_copy(update={"setup": escape}), BIAS, FakeCompute(), out,
+                       [0], tmp_path)
+    (out / "products").mkdir(parents=True)
+    (out / "products" / "2014-08-01").symlink_to(outside)
+    with pytest.raises(DataError, match="resolves outside"):
+        runner.execute(order, BIAS, FakeCompute(), out, [0], tmp_path)
+    assert list(outside.iterdir()) == [] and not (tmp_path / "x").exists()

@@ -3,16 +3,21 @@ recipe, and the planner on a SQLite registry."""
 
 import errno
 import logging
+import time
+from concurrent import futures
 from pathlib import Path
 
 import pytest
 from astropy.io import fits
+from sqlalchemy.exc import OperationalError
 
 from musedrp.errors import DataError, Transient
 from musedrp.esorex import RecipeRun
 from musedrp.messages import Envelope, FrameRegistered, InputFile, JobFinished, WorkOrder
+from musedrp.planner import plan_night
 from musedrp.registry import Registry
 from musedrp.runner import StageResult
+from musedrp.services.planner import service as planner_service
 from musedrp.services.planner.service import Planner
 from musedrp.services.worker import StageWorker
 from musedrp.settings import Settings
@@ -20,7 +25,11 @@ from musedrp.storage import LocalStore
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
 
+from ..conftest import job_key
+
 LOG = logging.getLogger("test")
+K1 = job_key("k1")
+DIR = f"products/2014-08-01/bias/S/{K1}"  # where the order of order_envelope() goes
 FLAT = {"DPR.TYPE": "FLAT,LAMP", "TPL.ID": "MUSE_wfm_cal_specflat"}
 
 
@@ -52,7 +61,7 @@ def worker(tmp_path):
 
 
 def order_envelope():
-    order = WorkOrder(stage="bias", recipe="muse_bias", job_key="k1", night="2014-08-01",
+    order = WorkOrder(stage="bias", recipe="muse_bias", job_key=K1, night="2014-08-01",
                       setup="S", ifu=1, memory_gb=1, timeout_s=60, params={},
                       inputs=(InputFile(tag=Tag.BIAS, path="raw/2014-08-01/raw.fits"),))
     return Envelope(type="work.bias", source="test", payload=order)
@@ -64,13 +73,13 @@ def test_worker_runs_once_and_answers_duplicates_from_the_manifest(worker):
     env = order_envelope()
     first = worker.handle(env, 1)
     second = worker.handle(env, 1)
-    assert calls == ["k1"]
+    assert calls == [K1]
     assert [(e.type, getattr(e.payload, "outcome", None)) for e in first] == [
         ("job.finished", "succeeded"), ("product.created", None)]
     assert second[0].payload.outcome == "cached"
     assert first[0].payload.products == second[0].payload.products == {
-        "MASTER_BIAS-01.fits": "products/2014-08-01/bias/S/k1/MASTER_BIAS-01.fits"}
-    manifest = worker.store.get_json("products/2014-08-01/bias/S/k1/manifest.json")
+        "MASTER_BIAS-01.fits": f"{DIR}/MASTER_BIAS-01.fits"}
+    manifest = worker.store.get_json(f"{DIR}/manifest.json")
     assert [f["path"] for f in manifest["inputs"]] == ["raw/2014-08-01/raw.fits"]
     assert all(e.correlation_id == env.correlation_id for e in first)
     assert list(worker.scratch.iterdir()) == []  # scratch cleaned
@@ -81,12 +90,23 @@ def test_worker_failure_keeps_the_log_and_no_manifest(worker):
     with pytest.raises(DataError, match="no raw frames"):
         worker.handle(order_envelope(), 1)
     keys = worker.store.keys("products/")
-    assert "products/2014-08-01/bias/S/k1/esorex.log" in keys
-    assert "products/2014-08-01/bias/S/k1/error.txt" in keys
+    assert f"{DIR}/esorex.log" in keys
+    assert f"{DIR}/error.txt" in keys
     assert not any(k.endswith("manifest.json") for k in keys)
     (event,) = worker.failed(order_envelope(), "failed", "esorex exited with 1", 2)
     assert event.payload.outcome == "failed"
-    assert "products/2014-08-01/bias/S/k1/" in event.payload.reason
+    assert f"{DIR}/" in event.payload.reason
+
+
+def test_a_success_after_a_failed_attempt_leaves_no_error_txt(worker):
+    worker.compute = fake_compute([], fail=True)
+    with pytest.raises(DataError):
+        worker.handle(order_envelope(), 1)
+    worker.compute = fake_compute([])
+    assert worker.handle(order_envelope(), 2)[0].payload.outcome == "succeeded"
+    keys = worker.store.keys(f"{DIR}/")
+    assert f"{DIR}/manifest.json" in keys
+    assert f"{DIR}/error.txt" not in keys
 
 
 def test_a_full_disk_is_retried_not_dead_lettered(worker):
@@ -103,28 +123,54 @@ def test_worker_refuses_an_order_of_another_stage(worker):
         worker.handle(env.model_copy(update={"type": "work.flat"}), 1)
 
 
+@pytest.mark.parametrize("path", ["/etc/passwd", "raw/../../etc/passwd", "raw//raw.fits"])
+def test_worker_refuses_an_input_that_is_no_object_key(worker, path):
+    """A work order's input path may be a local path (embedded mode): the worker, which
+    reads object keys only, checks it before any download."""
+    calls, env = [], order_envelope()
+    worker.compute = fake_compute(calls)
+    worker.store.get_file = lambda key, dest: pytest.fail(f"downloaded {key}")
+    order = env.payload.model_copy(update={"inputs": (InputFile(tag=Tag.BIAS, path=path),)})
+    with pytest.raises(DataError, match=r"input 1 \(BIAS\): .* is not a single path component"):
+        worker.handle(env.model_copy(update={"payload": order}), 1)
+    assert calls == []
+
+
+def make_planner(registry: Registry, now: list[float]) -> Planner:
+    """A planner on ``registry`` whose clock reads ``now[0]``."""
+    settings = Settings.load({"MUSEDRP_PLAN_QUIET_S": "5"})
+    return Planner(registry, settings, "2.8.7", LOG, clock=lambda: now[0])
+
+
 @pytest.fixture
 def planner_setup(tmp_path, template, science):
     registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
     frames = [*template(56870.75), *template(56870.8, keys=FLAT), *science()]
     registry.record_frames(frames, {})
     now = [0.0]
-    settings = Settings.load({"MUSEDRP_PLAN_QUIET_S": "5"})
-
-    def make():
-        return Planner(registry, settings, "2.8.7", LOG, clock=lambda: now[0])
-    return registry, make, now
+    return registry, lambda: make_planner(registry, now), now
 
 
 def idle(planner) -> list[Envelope]:
+    """What ``idle()`` publishes, and later calls until the planning it started is done (it
+    runs in a thread of its own) and what it planned is issued."""
     published = []
     planner.idle(published.append)
+    while planner.planning is not None:
+        futures.wait([planner.planning[1]])
+        planner.idle(published.append)
     return published
 
 
 def finished(job, outcome):
     return Envelope(type="job.finished", source="test", payload=JobFinished(
         job_key=job.key, stage=job.stage, night=job.night, ifu=job.ifu, outcome=outcome))
+
+
+def registered(frame) -> Envelope:
+    return Envelope(type="frame.registered", source="test", payload=FrameRegistered(
+        key=f"raw/{frame.night}/{frame.name}", night=frame.night, tag=frame.tag,
+        status="registered"))
 
 
 def test_planner_issues_work_as_inputs_complete_and_never_twice(planner_setup):
@@ -160,3 +206,153 @@ def test_planner_blocks_what_a_failure_blocks_until_it_is_replayed(planner_setup
     planner.handle(finished(jobs["bias"], "succeeded"), 1)  # the dead letter replayed
     (issued,) = idle(planner)
     assert issued.type == "work.flat"
+
+
+def test_planning_runs_beside_the_connection_thread(planner_setup, monkeypatch):
+    """idle() runs on the connection thread, which must keep sending heartbeats while a year is
+    planned: it starts the planning in a thread and returns; a later idle() issues the jobs."""
+    _, make, now = planner_setup
+    now[0] = 10.0
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)
+        return plan_night(*args, **kwargs)
+
+    monkeypatch.setattr(planner_service, "plan_night", slow)
+    planner, published = make(), []
+    start = time.monotonic()
+    planner.idle(published.append)
+    assert time.monotonic() - start < 0.5 and published == []
+    while not published and time.monotonic() - start < 10:
+        time.sleep(0.1)
+        planner.idle(published.append)
+    assert [e.type for e in published] == ["work.bias"] and time.monotonic() - start > 1.5
+
+
+def test_planning_that_failed_in_its_thread_is_retried(planner_setup, monkeypatch):
+    registry, make, now = planner_setup
+    now[0] = 10.0
+    load, calls = registry.load_frames, []
+
+    def down_once(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("registry down"))
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "load_frames", down_once)
+    planner = make()
+    with pytest.raises(Transient, match="registry unavailable"):
+        idle(planner)  # the failure is the connection thread's: the consumer retries idle()
+    (bias,) = idle(planner)
+    assert bias.type == "work.bias" and len(calls) == 2
+
+
+def test_a_new_frame_re_plans_only_the_nights_that_may_use_it(planner_setup, template,
+                                                              monkeypatch):
+    """A frame of night N may serve as a calibration of the nights within SEARCH_DAYS of N:
+    those are re-planned, from the frames they may use; a static calibration re-plans all."""
+    registry, make, now = planner_setup  # night 2014-08-01
+    registry.record_frames([*template(56880.75), *template(56930.75)], {})  # 08-11, 09-30
+    now[0] = 10.0
+    planner = make()
+    idle(planner)  # at start-up: every night
+    seen = []
+
+    def spy(frames, *args, nights=None, **kwargs):
+        seen.append((nights, {f.night for f in frames}))
+        return plan_night(frames, *args, nights=nights, **kwargs)
+
+    monkeypatch.setattr(planner_service, "plan_night", spy)
+    late = template(56870.9)  # a second bias template on 2014-08-01, closer to the science
+    registry.record_frames(late, {})
+    planner.handle(registered(late[0]), 1)
+    now[0] = 20.0
+    (bias,) = idle(planner)
+    assert seen == [({"2014-08-01", "2014-08-11"}, {"2014-08-01", "2014-08-11"})]
+    assert {f.path for f in late} == {i.path for i in bias.payload.inputs}
+    status = {r.path: r.status for r in registry.frames()}
+    assert {status[f.path] for f in late} == {"used"}
+    with pytest.raises(DataError, match="'2014-02-30' is not a date"):  # dead-lettered
+        planner.handle(registered(late[0].model_copy(update={"night": "2014-02-30"})), 1)
+    planner.handle(Envelope(type="frame.registered", source="test", payload=FrameRegistered(
+        key="static/extinct.fits", night="", tag=Tag.EXTINCT_TABLE, status="registered")), 1)
+    now[0] = 30.0
+    idle(planner)
+    assert seen[-1][0] is None
+
+
+def test_a_finished_job_reads_only_the_jobs_it_may_unblock(tmp_path, template, science,
+                                                           monkeypatch):
+    """Issuing after a job.finished costs what the job may unblock, not the whole registry."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    ifus = (1, 2, 3)
+    registry.record_frames([*template(56870.75, ifus=ifus),
+                            *template(56870.8, keys=FLAT, ifus=ifus), *science(ifus=ifus)], {})
+    planner = make_planner(registry, [10.0])
+    assert len(idle(planner)) == 3  # the biases
+    read = []
+
+    def counting(method):
+        def counted(*args, **kwargs):
+            rows = method(*args, **kwargs)
+            read.extend(j.key for j in rows)
+            return rows
+        return counted
+
+    for name in ("jobs", "dependents"):
+        monkeypatch.setattr(registry, name, counting(getattr(registry, name)))
+    bias = next(j for j in registry.jobs("queued") if j.ifu == 2)
+    read.clear()
+    planner.handle(finished(bias, "succeeded"), 1)
+    (flat,) = idle(planner)
+    assert (flat.type, flat.payload.ifu, flat.payload.needs) == ("work.flat", 2, (bias.key,))
+    assert read == [flat.payload.job_key]
+
+
+def test_a_failure_blocks_every_job_below_it_until_replayed(tmp_path):
+    """bias <- flat <- wavecal, and an unrelated job: a failed bias blocks flat and wavecal;
+    replayed, it unblocks flat, whose success unblocks wavecal."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    keys = [job_key(n) for n in ("bias", "flat", "wavecal", "other")]
+    chain = [WorkOrder(stage=stage, recipe=f"muse_{stage}", job_key=key, night="2014-08-01",
+                       setup="S", ifu=1, memory_gb=1, timeout_s=60, params={}, needs=needs,
+                       inputs=(InputFile(tag=Tag.BIAS, path="raw/2014-08-01/a.fits"),))
+             for stage, key, needs in (("bias", keys[0], ()), ("flat", keys[1], keys[:1]),
+                                       ("wavecal", keys[2], keys[1:2]), ("bias", keys[3], ()))]
+    registry.record_orders(chain)
+    planner = make_planner(registry, [0.0])
+    planner.touched.clear()  # nothing to plan: the jobs are given
+
+    def issued():
+        return sorted(e.payload.job_key for e in idle(planner))
+
+    assert issued() == [keys[0], keys[3]]
+    planner.handle(finished(registry.job(keys[0]), "failed"), 1)
+    assert issued() == []
+    blocked = {k: registry.job(k) for k in keys[1:3]}
+    assert {j.state for j in blocked.values()} == {"blocked"}
+    assert keys[0] in blocked[keys[1]].reason and keys[1] in blocked[keys[2]].reason
+    planner.handle(finished(registry.job(keys[0]), "succeeded"), 1)  # replayed
+    assert issued() == [keys[1]] and registry.job(keys[2]).state == "blocked"
+    planner.handle(finished(registry.job(keys[1]), "succeeded"), 1)
+    assert issued() == [keys[2]]
+
+
+def test_planning_keeps_a_frame_registered_meanwhile(planner_setup, monkeypatch):
+    """The planner writes each frame's status, never the frame it read: ingest may have
+    registered the file again (replaced) while the plan was made."""
+    registry, make, now = planner_setup
+    now[0] = 10.0
+    (science,) = [f for f in registry.load_frames() if f.tag == Tag.OBJECT]
+    newer = science.model_copy(update={"target": "re-registered"})
+
+    def meanwhile(*args, **kwargs):
+        registry.record_frames([newer], {newer.path: ("registered", "")})
+        return plan_night(*args, **kwargs)
+
+    monkeypatch.setattr(planner_service, "plan_night", meanwhile)
+    idle(make())
+    row = next(r for r in registry.frames() if r.path == science.path)
+    assert row.frame["target"] == "re-registered" and row.status == "rejected"
+    assert "no wavelength calibration" in row.reason

@@ -66,18 +66,18 @@ def test_ties_are_broken_deterministically(plan, template, science):
 
 
 def test_complete_template_preferred_over_closer_incomplete_one(plan, template, science):
-    complete = template(56870.60)
+    complete = template(56870.70)
     incomplete = template(56871.05, n=3, nexp=4)
     p = plan(complete + incomplete + template(56870.8, keys=FLAT) + science())
     assert chosen(p, "bias") == {Path(f.path).name for f in complete}
-    assert not any(d.startswith("DEGRADED") for d in p.decisions)
+    assert not any("DEGRADED:" in d for d in p.decisions)
 
 
 def test_incomplete_template_used_only_as_degraded(plan, template, science):
     incomplete = template(56870.75, n=3, nexp=4)
     p = plan(incomplete + template(56870.8, keys=FLAT) + science())
     assert chosen(p, "bias") == {Path(f.path).name for f in incomplete}
-    assert any(d.startswith("DEGRADED") for d in p.decisions)
+    assert any("DEGRADED:" in d for d in p.decisions)
 
 
 def test_too_few_frames_means_no_job(plan, template, science):
@@ -120,9 +120,23 @@ def test_missing_ifu_is_reported(plan, template, science):
     assert any("IFU(s) [2] requested but not present" in d for d in p.decisions)
 
 
-def test_no_science_is_no_work(plan, template):
-    with pytest.raises(NoWork, match="no science frames"):
-        plan(template(56870.75) + template(56870.8, keys=FLAT))
+def test_nothing_to_reduce_is_no_work(make_frame):
+    odd = classify_file(make_frame({"DPR.TYPE": "DARK", "TPL.ID": "MUSE_wfm_cal_dark"}))
+    with pytest.raises(NoWork, match="nothing to reduce"):
+        plan_night([odd], Path("/out"), "2.8.7")
+
+
+def test_calibration_only_night_gives_its_masters(plan, template):
+    """The observatory reduces every morning's calibrations, with or without science."""
+    fast = template(56870.76, keys=FAST)
+    p = plan(template(56870.75) + template(56870.8, keys=FLAT) + fast
+             + template(56870.95, n=3, keys=SKYFLAT))
+    assert sorted({o.stage for o in p.orders}) == ["bias", "flat", "lsf", "twilight",
+                                                    "wavecal"]
+    assert any("no science frames: the night's calibrations alone" in d for d in p.decisions)
+    assert all(o.night == "2014-08-01" for o in p.orders)
+    status, why = p.status(fast[0])
+    assert status == "rejected" and any("binned read-out" in w for w in why)
 
 
 def test_job_key_depends_on_content_not_order(plan, template, science):
@@ -179,7 +193,7 @@ def test_same_night_standard_wins_over_a_closer_one_of_another_night(plan, templ
     sci_mjd = 56871.45  # 10:48 UT: still night 2014-08-01
     same = classify_file(make_frame({**STD, "MJD-OBS": 56871.0, "TPL.START": "s1",
                                      "OBS.TARG.NAME": "SAME"}, ifus=(1, 2, 3)))
-    other = classify_file(make_frame({**STD, "MJD-OBS": 56871.52, "TPL.START": "s2",
+    other = classify_file(make_frame({**STD, "MJD-OBS": 56871.70, "TPL.START": "s2",
                                       "OBS.TARG.NAME": "NEXT"}, ifus=(1, 2, 3)))
     assert (same.night, other.night) == ("2014-08-01", "2014-08-02")
     p = plan([*template(56870.75, ifus=(1, 2, 3)), *template(56870.8, keys=FLAT, ifus=(1, 2, 3)),
@@ -235,3 +249,150 @@ def test_without_arcs_bias_and_flat_are_still_planned(template, science, make_fr
     assert any("no usable ARC template: only bias, flat planned" in d for d in p.decisions)
     assert p.status(sci[0]) == ("rejected", [
         "not reduced: no wavelength calibration for it (see the decisions)"])
+
+
+ILLUM = {"DPR.TYPE": "FLAT,LAMP,ILLUM", "TPL.ID": "MUSE_wfm_cal_illum", "INS.TEMP7.VAL": 11.2}
+
+
+def illum(make_frame, mjd, **keys):
+    return classify_file(make_frame({**ILLUM, "MJD-OBS": mjd, "TPL.START": f"i{mjd}",
+                                     "TPL.NEXP": 1, **keys}))
+
+
+def test_twilight_cap_counts_the_illum_frame(plan, template, science, make_frame):
+    """The log's case: the budget fits 5 of the 7 skyflats, with the ILLUM beside them."""
+    skyflats = template(56870.95, n=7, keys=SKYFLAT)
+    spec = __import__("musedrp.services.twilight.spec", fromlist=["SPEC"]).SPEC
+    budget = spec.memory.estimate_gb(6, 1) + 0.05  # 5 skyflats + the ILLUM
+    il = illum(make_frame, SCIENCE_MJD - 0.02)
+    p = plan([*template(56870.75), *template(56870.8, keys=FLAT), *skyflats, il,
+              *science(keys={"INS.TEMP7.VAL": 11.0})], memory_gb=budget)
+    (twilight,) = orders(p, "twilight")
+    raw = [f.tag for f in twilight.inputs if not f.job_key and f.tag in (Tag.SKYFLAT, Tag.ILLUM)]
+    assert raw.count(Tag.SKYFLAT) == 5 and raw.count(Tag.ILLUM) == 1
+    assert twilight.memory_gb <= budget  # what the executor admits is what was capped
+    assert any("only 5 of 7 skyflats" in d and "with the ILLUM frame" in d for d in p.decisions)
+
+
+def test_illum_within_two_hours_and_one_degree(plan, template, science, make_frame):
+    near = illum(make_frame, SCIENCE_MJD - 0.05)  # 1.2 h before
+    far = illum(make_frame, SCIENCE_MJD - 0.1)  # 2.4 h before
+    warm = illum(make_frame, SCIENCE_MJD - 0.01, **{"INS.TEMP7.VAL": 13.0})  # closest, warm
+    p = plan([*template(56870.75), *template(56870.8, keys=FLAT), near, far, warm,
+              *science(keys={"INS.TEMP7.VAL": 11.0})])
+    (sci,) = orders(p, "scibasic")
+    assert [f.path for f in sci.inputs if f.tag == Tag.ILLUM] == [near.path]
+    assert "more than 1 C apart" in p.status(warm)[1][0]
+    assert p.status(far)[0] == "unused"
+
+
+def test_calibrations_from_another_night_are_degraded_with_distance(plan, template, science):
+    bias = template(SCIENCE_MJD - 3.2)  # 3 nights before: within the 7-day window
+    p = plan([*bias, *template(56870.8, keys=FLAT), *science()])
+    assert chosen(p, "bias") == {Path(f.path).name for f in bias}
+    assert any(d.startswith(f"night 2014-08-01, {'WFM-NOAO-N_SCI1.0'}: DEGRADED: BIAS")
+               and "3.2 d from the science" in d for d in p.decisions)
+
+
+def test_nothing_beyond_the_widest_window(plan, template, science):
+    old = template(SCIENCE_MJD - 40)  # 40 days: no bias window is that wide
+    p = plan([*old, *template(56870.8, keys=FLAT), *science()])
+    assert [o.night for o in orders(p, "bias")] == ["2014-06-22"]  # only its own night's
+    assert any(d.startswith("night 2014-08-01") and "no usable BIAS template" in d
+               for d in p.decisions)
+
+
+def test_science_night_wins_over_a_closer_template_of_the_next_night(plan, template, science):
+    sci_mjd = 56871.625  # 15:00 UT: still night 2014-08-01 (ESO's night ends 16:00 UT)
+    same = template(56870.70, keys=FLAT)  # 16:48 UT on the 1st: same night, 22 h before
+    next_night = template(56871.70, keys=FLAT)  # 16:48 UT on the 2nd: 1.8 h after
+    p = plan([*template(56870.75), *same, *next_night, *science(mjd=sci_mjd)])
+    (flat,) = [o for o in orders(p, "flat") if o.night == "2014-08-01"]
+    assert {Path(f.path).name for f in flat.inputs if f.tag == Tag.FLAT} == \
+        {Path(f.path).name for f in same}
+    assert "is of the science night" in p.notes[next_night[0].path][0]
+
+
+def test_standard_needs_adjacent_ifus(template, science, make_frame):
+    ifus = (1, 12, 24)
+    std = classify_file(make_frame({**STD, "MJD-OBS": 56871.2, "TPL.START": "s"}, ifus=ifus))
+    statics = [classify_file(make_frame({"PRO.CATG": t}, ifus=(), name=f"{t.lower()}.fits"))
+               for t in ("LINE_CATALOG", "GEOMETRY_TABLE", "EXTINCT_TABLE", "STD_FLUX_TABLE")]
+    p = plan_night([*template(56870.75, ifus=ifus), *template(56870.8, keys=FLAT, ifus=ifus),
+                    *template(56870.85, keys=ARC, ifus=ifus), std, *science(ifus=ifus),
+                    *statics], Path("/out"), "2.8.7")
+    assert len(orders(p, "scibasic")) == 6 and orders(p, "standard") == []
+    assert any("at least 3 adjacent IFUs" in d and "[1, 12, 24]" in d for d in p.decisions)
+
+
+def test_lsf_matches_the_instrument_mode(plan, template, science):
+    ao = {"INS.MODE": "WFM-AO-N", "INS.OPTI1.NAME": "Blue-Na2"}
+    p = plan([*template(56870.75), *template(56870.8, keys={**FLAT, **ao}), *science(keys=ao)])
+    assert orders(p, "wavecal") and not orders(p, "lsf")  # the arcs are WFM-NOAO-N
+    assert any("no ARC template of WFM-AO-N, so no LSF_PROFILE" in d for d in p.decisions)
+
+
+def test_vignetting_mask_by_each_frame_mjd(template, science, make_frame):
+    def statics(*tags):
+        return [classify_file(make_frame({"PRO.CATG": t}, ifus=(), name=f"{t.lower()}.fits"))
+                for t in tags]
+
+    base = statics("LINE_CATALOG", "GEOMETRY_TABLE", "VIGNETTING_MASK")
+    for mjd, expected in ((57822.9, True), (57823.05, False)):
+        frames = [*template(mjd - 0.3), *template(mjd - 0.25, keys=FLAT),
+                  *template(mjd - 0.2, keys=ARC), *template(mjd - 0.05, keys=SKYFLAT),
+                  *science(mjd=mjd + 0.1), *base]
+        p = plan_night(frames, Path("/out"), "2.8.7")
+        (twilight,) = orders(p, "twilight")
+        assert (Tag.VIGNETTING_MASK in {f.tag for f in twilight.inputs}) is expected
+
+
+def test_static_calibrations_are_known_by_content(template, science, make_frame):
+    """A new kit with the same file names gives new jobs; an unchanged one re-uses them."""
+    frames = [*template(56870.75), *template(56870.8, keys=FLAT), *science(),
+              *template(56870.85, keys=ARC)]
+    catalog = classify_file(make_frame({"PRO.CATG": "LINE_CATALOG"}, ifus=(),
+                                       name="line_catalog.fits"))
+    assert len(catalog.checksum) == 64
+
+    def keys(static):
+        p = plan_night([*frames, static], Path("/out"), "2.8.7")
+        return {o.stage: o.job_key for o in p.orders}
+
+    same, changed = keys(catalog), keys(catalog.model_copy(update={"checksum": "0" * 64}))
+    assert same == keys(catalog.model_copy())
+    assert same["bias"] == changed["bias"] and same["wavecal"] != changed["wavecal"]
+
+
+def test_planning_cost_does_not_grow_with_other_nights(plan, template, science):
+    """Frames of far-away nights are never looked at (the index finds candidates by time)."""
+    far = [f for d in range(30, 400, 20) for f in template(56870.75 + d, keys=FLAT)]
+    p = plan([*template(56870.75), *template(56870.8, keys=FLAT), *science(), *far])
+    assert not any(p.status(f)[1] and "not chosen" in p.status(f)[1][0] for f in far)
+
+
+def test_planning_some_nights_gives_the_same_orders_as_planning_all(plan, template, science):
+    nights = [0, 1, 2, 9]  # days after the first night
+    frames = [f for d in nights
+              for f in (*template(56870.75 + d), *template(56870.8 + d, keys=FLAT),
+                        *science(mjd=SCIENCE_MJD + d))]
+    everything = plan(frames)
+    one = plan(frames, nights=["2014-08-02"])
+    assert {o.night for o in one.orders} == {"2014-08-02"}
+    assert [o for o in everything.orders if o.night == "2014-08-02"] == one.orders
+
+
+def test_a_standard_is_science_only_on_a_night_of_its_own_calibrations(template, make_frame):
+    """Throughput monitoring: a night of calibrations and a standard star gives a response;
+    a standard alone (as a calibration package brings one) is not reduced."""
+    ifus = (1, 2, 3)
+    statics = [classify_file(make_frame({"PRO.CATG": t}, ifus=(), name=f"{t.lower()}.fits"))
+               for t in ("LINE_CATALOG", "GEOMETRY_TABLE", "EXTINCT_TABLE", "STD_FLUX_TABLE")]
+    std = classify_file(make_frame({**STD, "MJD-OBS": 56871.2, "TPL.START": "s"}, ifus=ifus))
+    lonely = classify_file(make_frame({**STD, "MJD-OBS": 56868.2, "TPL.START": "o"}, ifus=ifus))
+    frames = [*template(56870.75, ifus=ifus), *template(56870.8, keys=FLAT, ifus=ifus),
+              *template(56870.85, keys=ARC, ifus=ifus), std, lonely, *statics]
+    p = plan_night(frames, Path("/out"), "2.8.7")
+    (standard,) = orders(p, "standard")
+    assert standard.night == "2014-08-01" and p.status(lonely)[0] != "used"
+    assert plan_night(frames, Path("/out"), "2.8.7", nights=["2014-08-01"]).orders == p.orders

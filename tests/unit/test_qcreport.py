@@ -8,11 +8,14 @@ import pytest
 
 from musedrp import qcreport
 
+from ..conftest import job_key
 
-def order(stage: str, key: str, needs: tuple[str, ...] = ()) -> dict:
-    return {"stage": stage, "recipe": f"muse_{stage}", "job_key": key, "night": "2014-08-01",
-            "setup": "WFM", "ifu": 1, "inputs": [], "params": {}, "memory_gb": 2.5,
-            "timeout_s": 600, "needs": list(needs), "reasons": [], "products": []}
+
+def order(stage: str, name: str, needs: tuple[str, ...] = ()) -> dict:
+    return {"stage": stage, "recipe": f"muse_{stage}", "job_key": job_key(name),
+            "night": "2014-08-01", "setup": "WFM", "ifu": 1, "inputs": [], "params": {},
+            "memory_gb": 2.5, "timeout_s": 600, "needs": [job_key(n) for n in needs],
+            "reasons": [], "products": []}
 
 
 @pytest.fixture
@@ -25,7 +28,7 @@ def out(tmp_path: Path) -> Path:
                     "status": "used", "why": ["b1"]},
                    {"name": "MUSE.2.fits", "tag": "BIAS", "night": "2014-08-01",
                     "status": "rejected", "why": ["read-out mode FAST"]}]}))
-    bias = tmp_path / "products/2014-08-01/bias/WFM/b1"
+    bias = tmp_path / "products/2014-08-01/bias/WFM" / job_key("b1")
     bias.mkdir(parents=True)
     qc = {f"QC BIAS MASTER{p} RON": 2.0 + p / 10 for p in range(1, 5)}
     (bias / "manifest.json").write_text(json.dumps({
@@ -33,7 +36,7 @@ def out(tmp_path: Path) -> Path:
         "qc": {"MASTER_BIAS-01.fits": qc}, "qc_plots": [],
         "run": {"wall_s": 30.0, "cpu_user_s": 25.0, "cpu_sys_s": 4.0,
                 "peak_rss_bytes": 2_520_000_000, "n_warnings": 0}}))
-    flat = tmp_path / "products/2014-08-01/flat/WFM/f1"
+    flat = tmp_path / "products/2014-08-01/flat/WFM" / job_key("f1")
     flat.mkdir(parents=True)
     (flat / "error.txt").write_text("muse_flat exited with 1: no usable flat field\n")
     (flat / "esorex.log").write_text("line\n" * 20 + "[ ERROR ] muse_flat: the end\n")

@@ -1,11 +1,14 @@
 """The registry on SQLite and on the machine's PostgreSQL."""
 
 import pytest
+from sqlalchemy import text
 
-from musedrp.frames import classify_file
+from musedrp.frames import Frame, classify_file
 from musedrp.messages import InputFile, WorkOrder
 from musedrp.registry import Registry
 from musedrp.tags import Tag
+
+from ..conftest import job_key
 
 
 def order(key: str, stage: str = "bias", ifu: int = 1) -> WorkOrder:
@@ -17,9 +20,10 @@ def order(key: str, stage: str = "bias", ifu: int = 1) -> WorkOrder:
 
 def test_frames_jobs_products_round_trip(db_url, make_frame):
     reg = Registry(db_url)
+    job1, job2 = job_key("job1"), job_key("job2")
     good = classify_file(make_frame())
     bad = classify_file(make_frame({"INSTRUME": "FORS2"}))
-    reg.record_frames([good, bad], {good.path: ("used", "job1"),
+    reg.record_frames([good, bad], {good.path: ("used", job1),
                                     bad.path: ("unclassified", bad.reason)})
     rows = {r.name: r for r in reg.frames()}
     assert rows[good.name].tag == "BIAS" and rows[good.name].status == "used"
@@ -27,35 +31,35 @@ def test_frames_jobs_products_round_trip(db_url, make_frame):
     assert {f.path: f for f in reg.load_frames()} == {good.path: good, bad.path: bad}
     assert rows[bad.name].tag is None and "not a MUSE frame" in rows[bad.name].reason
 
-    reg.record_orders([order("job1"), order("job2", "flat")])
-    reg.set_state("job1", "running")
-    reg.set_state("job1", "succeeded", wall_s=30.5, peak_rss_bytes=2_500_000_000)
-    reg.record_orders([order("job1")])  # re-planning keeps the state
-    (job1,) = reg.jobs("succeeded")
-    assert (job1.key, job1.wall_s, job1.peak_rss_bytes) == ("job1", 30.5, 2_500_000_000)
-    assert job1.order["inputs"][0]["tag"] == "BIAS"
-    assert [j.key for j in reg.jobs("planned")] == ["job2"]
+    reg.record_orders([order(job1), order(job2, "flat")])
+    reg.set_state(job1, "running")
+    reg.set_state(job1, "succeeded", wall_s=30.5, peak_rss_bytes=2_500_000_000)
+    reg.record_orders([order(job1)])  # re-planning keeps the state
+    (row,) = reg.jobs("succeeded")
+    assert (row.key, row.wall_s, row.peak_rss_bytes) == (job1, 30.5, 2_500_000_000)
+    assert row.order["inputs"][0]["tag"] == "BIAS"
+    assert [j.key for j in reg.jobs("planned")] == [job2]
 
-    reg.record_products("job1", 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 1.5})])
-    reg.record_products("job1", 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 2.5})])
+    reg.record_products(job1, 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 1.5})])
+    reg.record_products(job1, 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 2.5})])
     (p,) = reg.products("MASTER_BIAS")
-    assert (p.job_key, p.ifu, p.qc) == ("job1", 1, {"QC X": 2.5})
+    assert (p.job_key, p.ifu, p.qc) == (job1, 1, {"QC X": 2.5})
     reg.close()
 
 
 def test_unknown_state_and_job_are_errors(db_url):
     reg = Registry(db_url)
-    reg.record_orders([order("job1")])
+    reg.record_orders([order(job_key("job1"))])
     with pytest.raises(ValueError, match="unknown job state"):
-        reg.set_state("job1", "exploded")
+        reg.set_state(job_key("job1"), "exploded")
     with pytest.raises(KeyError, match="no job"):
-        reg.set_state("nope", "failed")
+        reg.set_state(job_key("nope"), "failed")
     reg.close()
 
 
 def test_registry_is_persistent(db_url):
-    Registry(db_url).record_orders([order("job1")])
-    assert [j.key for j in Registry(db_url).jobs()] == ["job1"]
+    Registry(db_url).record_orders([order(job_key("job1"))])
+    assert [j.key for j in Registry(db_url).jobs()] == [job_key("job1")]
 
 
 def test_re_recording_updates_frames_and_adds_only_new_jobs(db_url, make_frame):
@@ -63,13 +67,70 @@ def test_re_recording_updates_frames_and_adds_only_new_jobs(db_url, make_frame):
     reg = Registry(db_url)
     frame = classify_file(make_frame())
     reg.record_frames([frame], {frame.path: ("registered", "")})
-    reg.record_frames([frame], {frame.path: ("used", "job1")})
+    reg.record_frames([frame], {frame.path: ("used", job_key("job1"))})
     (row,) = reg.frames()
-    assert (row.status, row.reason) == ("used", "job1")
-    reg.record_orders([order(f"k{i}") for i in range(700)] + [order("k3")])
-    reg.set_state("k650", "succeeded")
-    reg.record_orders([order(f"k{i}") for i in range(1200)])
+    assert (row.status, row.reason) == ("used", job_key("job1"))
+    reg.record_orders([order(job_key(f"k{i}")) for i in range(700)] + [order(job_key("k3"))])
+    reg.set_state(job_key("k650"), "succeeded")
+    reg.record_orders([order(job_key(f"k{i}")) for i in range(1200)])
     jobs = reg.jobs()
     assert len(jobs) == 1200 and len({j.key for j in jobs}) == 1200
-    assert [j.key for j in jobs if j.state == "succeeded"] == ["k650"]
+    assert [j.key for j in jobs if j.state == "succeeded"] == [job_key("k650")]
+    reg.close()
+
+
+def frame_of(night: str, tag: Tag | None = Tag.BIAS) -> Frame:
+    return Frame(path=f"raw/{night}/{tag}.fits", name=f"{tag}.fits", size=1, tag=tag,
+                 night=night)
+
+
+def test_frames_of_the_nights_near_others_and_every_static(db_url):
+    """What a re-plan of some nights reads: the frames they may use, found by night (indexed)."""
+    reg = Registry(db_url)
+    nights = ["2014-07-14", "2014-07-16", "2014-08-01", "2014-08-17", "2014-08-18", "2014-10-01"]
+    static = frame_of("2014-08-02", Tag.EXTINCT_TABLE)  # serves every night, has none
+    reg.record_frames([*map(frame_of, nights), static, frame_of("", None)], {})
+    assert reg.nights(["2014-08-01"], 16) == {"2014-07-16", "2014-08-01", "2014-08-17"}
+    assert reg.nights(["2014-07-14", "2014-10-01"], 1) == {"2014-07-14", "2014-10-01"}
+    assert reg.nights([], 16) == set()
+    near = reg.load_frames(["2014-07-16", "2014-10-01"], 2)
+    assert {f.night for f in near} == {"2014-07-14", "2014-07-16", "2014-10-01", "2014-08-02"}
+    assert len(reg.load_frames()) == 8
+    reg.close()
+
+
+def test_statuses_leave_a_newer_registration_alone(db_url):
+    """The planner writes its verdicts only: ingest may have re-registered a frame since the
+    planner read it."""
+    reg = Registry(db_url)
+    old = frame_of("2014-08-01")
+    reg.record_frames([old], {old.path: ("registered", "")})
+    new = old.model_copy(update={"target": "re-registered", "mjd": 56870.8})
+    reg.record_frames([new], {new.path: ("registered", "")})
+    reg.set_statuses({old.path: ("used", "k1")})
+    (row,) = reg.frames()
+    assert (row.status, row.reason, row.mjd) == ("used", "k1", 56870.8)
+    assert reg.load_frames() == [new]
+    reg.close()
+
+
+def test_dependents_and_states(db_url):
+    """What a finished job may unblock, without reading every job; a registry made before the
+    needs table has its jobs indexed when opened."""
+    reg = Registry(db_url)
+    a, b, c, d = map(job_key, "abcd")
+    flat = order(b, "flat").model_copy(update={"needs": (a,)})
+    wavecal = order(c, "wavecal").model_copy(update={"needs": (a, b)})
+    assert reg.record_orders([order(a), flat, wavecal]) == [a, b, c]
+    assert reg.record_orders([order(a), order(d)]) == [d]
+    assert sorted(j.key for j in reg.dependents([a], "planned")) == [b, c]
+    reg.set_state(b, "queued")
+    assert [j.key for j in reg.dependents([a, b], "planned")] == [c]
+    assert reg.states([a, b, job_key("nope")]) == {a: "planned", b: "queued"}
+    assert [j.key for j in reg.jobs("planned", "blocked", keys=[b, c, d])] == [d, c]
+    with reg.engine.begin() as conn:
+        conn.execute(text("DROP TABLE needs"))
+    reopened = Registry(db_url)
+    assert sorted(j.key for j in reopened.dependents([a], "planned", "queued")) == [b, c]
+    reopened.close()
     reg.close()

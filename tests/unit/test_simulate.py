@@ -45,7 +45,8 @@ def test_night_content():
     count = lambda kind, readout="SCI1.0": sum(  # noqa: E731
         1 for e in frames if e.kind == kind and e.readout[0] == readout)
     assert (count("bias"), count("bias", "FAST")) == (11, 11)
-    assert (count("flat"), count("flat", "FAST")) == (22, 11)
+    assert (count("flat"), count("flat", "FAST")) == (25, 11)
+    assert sum(1 for e in frames if e.mode == night.AO) == 3  # a second instrument mode
     assert count("arc") == 15 and count("skyflat") == 7 and count("illum") == 1
     assert count("std") == 2 and count("astrometry") == 1 and count("object") >= 1
     arcs = [e.lamps for e in frames if e.kind == "arc"]

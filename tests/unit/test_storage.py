@@ -7,11 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from botocore.exceptions import ReadTimeoutError
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
 from moto import mock_aws
 
-from musedrp.errors import DataError, Transient
+from musedrp.errors import ConfigError, DataError, NotFound, Transient
 from musedrp.frames import classify, classify_file
-from musedrp.storage import HEADER_BUFFER, LocalStore, S3Store, upload_dir
+from musedrp.storage import (
+    HEADER_BUFFER,
+    LocalStore,
+    S3Store,
+    object_key,
+    raw_key,
+    static_key,
+    upload_dir,
+)
 
 
 @pytest.fixture
@@ -83,19 +94,152 @@ def test_a_changed_object_fails_its_checksum(s3, tmp_path):
     head = s3.client.head_object(Bucket="bucket", Key="raw/n/a.bin")
     s3.client.put_object(Bucket="bucket", Key="raw/n/a.bin", Body=b"tampered",
                          Metadata=head["Metadata"])
-    with pytest.raises(Transient, match="SHA-256 differs"):
+    with pytest.raises(DataError, match="SHA-256 differs"):  # the same bytes on every retry
         s3.get_file("raw/n/a.bin", tmp_path / "b.bin")
 
 
-def test_unreachable_endpoint_is_transient(tmp_path):
+@pytest.mark.parametrize("call", ["get_json", "get_file", "put_file", "delete"])
+def test_unreachable_endpoint_is_transient(call, tmp_path):
     store = S3Store("http://127.0.0.1:9", "bucket", "k", "s", timeout_s=1, attempts=1)
+    (tmp_path / "a").write_bytes(b"a")
+    args = {"get_json": ("k",), "get_file": ("k", tmp_path / "b"),
+            "put_file": (tmp_path / "a", "k"), "delete": ("k",)}[call]
     with pytest.raises(Transient, match="unreachable"):
-        store.get_json("products/x/manifest.json")
+        getattr(store, call)(*args)
+
+
+# what S3 answers -> the class it is raised as; through a plain call (head_object) and through
+# boto3's transfer manager, which wraps a ClientError into S3UploadFailedError
+ANSWERS = [
+    ("InternalError", 500, Transient), ("SlowDown", 503, Transient),
+    ("ServiceUnavailable", 503, Transient), ("TooManyRequests", 429, Transient),
+    ("RequestTimeout", 400, Transient),
+    ("InvalidArgument", 400, DataError), ("NoSuchKey", 404, NotFound),
+    ("AccessDenied", 403, ConfigError), ("SignatureDoesNotMatch", 403, ConfigError),
+    ("InvalidAccessKeyId", 403, ConfigError), ("NoSuchBucket", 404, ConfigError),
+]
+
+
+@pytest.fixture
+def stubbed():
+    store = S3Store("http://127.0.0.1:9", "bucket", "k", "s", timeout_s=1, attempts=1)
+    with Stubber(store.client) as stub:
+        yield store, stub
+        stub.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize(("code", "status", "raised"), ANSWERS)
+def test_each_s3_answer_is_classified_once(stubbed, tmp_path, code, status, raised):
+    store, stub = stubbed
+    src = tmp_path / "a.fits"
+    src.write_bytes(b"x" * 100)
+    stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+    stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
+    with pytest.raises(raised, match=code) as plain:
+        store.get_file("raw/n/a.fits", tmp_path / "b.fits")
+    with pytest.raises(raised, match=code) as wrapped:
+        store.put_file(src, "raw/n/a.fits")
+    assert type(plain.value) is type(wrapped.value) is raised
+    assert type(wrapped.value.__cause__).__name__ == "S3UploadFailedError"
+
+
+class _Dropped(io.RawIOBase):
+    """A response body whose connection drops (or times out) after the headers."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [ReadTimeoutError(endpoint_url="http://s3"),
+                                   ConnectionResetError(104, "Connection reset by peer")])
+def test_a_download_that_keeps_dropping_is_transient(stubbed, tmp_path, error):
+    """s3transfer retries a broken body 5 times, then raises boto3's RetriesExceededError."""
+    store, stub = stubbed
+    head = {"ContentLength": 100, "ETag": '"e"', "Metadata": {}}
+    stub.add_response("head_object", head)
+    stub.add_response("head_object", head)  # the transfer manager's own
+    for _ in range(5):
+        stub.add_response("get_object", {"Body": StreamingBody(_Dropped(error), 100),
+                                         "ContentLength": 100, "ETag": '"e"'})
+    with pytest.raises(Transient, match="unreachable") as raised:
+        store.get_file("raw/n/a.fits", tmp_path / "b.fits")
+    assert type(raised.value.__cause__).__name__ == "RetriesExceededError"
+
+
+@pytest.mark.parametrize(("code", "status", "raised"), [
+    ("NoSuchKey", 404, None), ("InvalidArgument", 400, DataError), ("InternalError", 500,
+                                                                    Transient)])
+def test_only_a_missing_manifest_reads_as_none(stubbed, code, status, raised):
+    store, stub = stubbed
+    stub.add_client_error("get_object", service_error_code=code, http_status_code=status)
+    stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+    if raised is None:
+        assert store.get_json("products/j/manifest.json") is None
+        assert store.exists("products/j/manifest.json") is False
+        return
+    with pytest.raises(raised):
+        store.get_json("products/j/manifest.json")
+    with pytest.raises(raised):
+        store.exists("products/j/manifest.json")
+
+
+def test_a_missing_bucket_fails_the_start_up_check():
+    with mock_aws():
+        with pytest.raises(ConfigError, match="nobucket"):  # a HEAD's 404 has no code
+            S3Store("https://s3.amazonaws.com", "nobucket", "key", "secret").check()
+
+
+def test_delete(store, tmp_path):
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"a")
+    store.put_file(src, "products/j/error.txt")
+    store.delete("products/j/error.txt")
+    store.delete("products/j/error.txt")  # already gone: fine
+    assert not store.exists("products/j/error.txt")
 
 
 def test_keys_cannot_leave_a_local_store(tmp_path):
     with pytest.raises(DataError, match="leaves the store"):
         LocalStore(tmp_path).get_json("../outside.json")
+
+
+@pytest.mark.parametrize("key", ["raw/../raw/a.fits", "raw/./a.fits", "raw//a.fits", "/raw/a",
+                                 "raw/a/", "raw\\a.fits", "raw/a\x00.fits"])
+def test_a_local_store_refuses_keys_that_are_not_plain_paths(tmp_path, key):
+    """Even those that would resolve inside the store: S3 would keep them as they are."""
+    store = LocalStore(tmp_path / "store")
+    (tmp_path / "a.fits").write_bytes(b"a")
+    with pytest.raises(DataError, match="leaves the store: .* is not a single path component"):
+        store.put_file(tmp_path / "a.fits", key)
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("part", ["", ".", "..", "/abs", "a/b", "a\\b", "a\x00b", "a\nb",
+                                  "a\x7fb", "a\x85b"])
+def test_object_key_refuses_a_part_that_is_not_one_path_component(part):
+    with pytest.raises(ValueError, match=r"is not a single path component of an object key"):
+        object_key("products", part, "MASTER_BIAS-01.fits")
+
+
+def test_raw_static_and_upload_keys_go_through_object_key(tmp_path):
+    assert raw_key("", "MUSE.2014-08-01T10:40:00.000.fits") == (
+        "raw/unknown/MUSE.2014-08-01T10:40:00.000.fits")
+    assert static_key("a b.fits", "f" * 64) == f"static/{'f' * 16}/a b.fits"
+    with pytest.raises(ValueError, match="'..'"):
+        raw_key("..", "a.fits")
+    with pytest.raises(ValueError, match="'../a.fits'"):
+        static_key("../a.fits", "f" * 64)
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "esorex.log").write_text("log")
+    with pytest.raises(ValueError, match="'..'"):
+        upload_dir(LocalStore(tmp_path / "store"), job, "products/../../x")
 
 
 def test_bucket_listing(s3, tmp_path):

@@ -3,10 +3,12 @@
 The night holds what an astronomer found in the real raw data: 11 science-mode (SCI1.0)
 biases and 11 fast engineering-mode (1x4 binned) biases, the same split for the lamp
 flats plus a second science-mode flat template in the morning (closer in time to the
-science, so "closest in time" matters), 15 arcs (5 per lamp), 7 twilight skyflats, an
-illumination flat attached to the science, the science exposures, a standard star of the
-same night, an older standard (as a calibration package would bring) and an astrometric
-field.  ``truth.json`` records what was simulated so tests can check the products.
+science, so "closest in time" matters) and a short flat template of a second instrument
+mode (WFM-AO-N, closer still, which the flats' mode rule must refuse), 15 arcs (5 per
+lamp), 7 twilight skyflats, an illumination flat attached to the science, the science
+exposures, a standard star of the same night, an older standard (as a calibration package
+would bring) and an astrometric field.  ``truth.json`` records what was simulated so tests
+can check the products.
 """
 
 import json
@@ -30,6 +32,8 @@ FAST = ("FAST", 2, 4)  # engineering read-out, 1x4 binned (exact ESO string unve
 ARC_LAMPS = {"Ne": 3, "Xe": 4, "HgCd": 5}  # lamp/shutter number per arc lamp
 SHUTTER_NAMES = ("ContB", "ContR", "Ne", "Xe", "HgCd", "Ne")
 NGC6397 = (265.1754, -53.6743)
+NOAO = ("WFM-NOAO-N", "Blue")
+AO = ("WFM-AO-N", "Blue-Na2")  # a second instrument mode, for another programme's flats
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class Exposure:
     lamps: tuple[int, ...] = ()  # lamps (and their shutters) that are on
     target: str = ""
     radec: tuple[float, float] = NGC6397
+    mode: tuple[str, str] = NOAO  # INS.MODE, INS.OPTI1.NAME
 
     @property
     def arcfile(self) -> str:
@@ -100,6 +105,9 @@ def schedule(night: date) -> list[Exposure]:
                    d + timedelta(hours=22, minutes=40), 7, 120, 20.0),
         *_template("astrometry", ("CALIB", "ASTROMETRY"), "MUSE_wfm_cal_astrom",
                    d + timedelta(hours=24, minutes=20), 1, 0, 60.0, target="NGC6397-ASTROM"),
+        # flats of the AO mode (for another programme): closest in time, of another INS.MODE
+        *_template("flat", flat, "MUSE_wfm_cal_specflat", d + timedelta(hours=26), 3, 90, 10.0,
+                   lamps=(1, 2), mode=AO),
         *_template("illum", ("CALIB", "FLAT,LAMP,ILLUM"), "MUSE_wfm_cal_illum",
                    d + timedelta(hours=27), 1, 0, 5.0, lamps=(1, 2)),
         *_template("object", ("SCIENCE", "OBJECT"), "MUSE_wfm_obs_genericoffset",
@@ -146,8 +154,7 @@ def primary_header(e: Exposure) -> fits.Header:
     h[f"{eso} TPL START"] = e.tpl_start.isoformat(timespec="seconds")
     h[f"{eso} TPL NEXP"] = e.nexp
     h[f"{eso} TPL EXPNO"] = e.expno
-    h[f"{eso} INS MODE"] = "WFM-NOAO-N"
-    h[f"{eso} INS OPTI1 NAME"] = "Blue"
+    h[f"{eso} INS MODE"], h[f"{eso} INS OPTI1 NAME"] = e.mode
     h[f"{eso} INS OPTI2 NAME"] = "WFM"
     h[f"{eso} INS DROT MODE"] = "SKY"
     h[f"{eso} INS DROT POSANG"] = 0.0
@@ -287,6 +294,7 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
         truth.slice_centres_mid[ifu] = detector.slice_centres(ifu, mid).round(3).tolist()
         truth.slice_throughput[ifu] = slice_throughput(ifu, seed).round(4).tolist()
     truth.frames = [{"file": e.file_name(compress), "kind": e.kind, "readout": e.readout[0],
+                     "mode": e.mode[0],
                      "tpl_start": e.tpl_start.isoformat(), "target": e.target} for e in exposures]
     workers = workers or len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(max_workers=workers) as pool:

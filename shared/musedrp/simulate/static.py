@@ -19,10 +19,13 @@ def extinction(lam: np.ndarray) -> np.ndarray:
     return 0.012 + 0.12 * (5000.0 / lam) ** 4
 
 
-def _primary(tag: str) -> fits.PrimaryHDU:
+def _primary(tag: str, field: str = "") -> fits.PrimaryHDU:
+    """``field``: the WFM/NFM mode a geometry or astrometry file is made for (muse.oca)."""
     h = fits.PrimaryHDU()
     h.header["INSTRUME"] = "MUSE"
     h.header["HIERARCH ESO PRO CATG"] = tag
+    if field:
+        h.header["HIERARCH ESO INS OPTI2 NAME"] = field
     h.header["HIERARCH MUSEDRP STANDIN"] = (True, "simulated stand-in, not an ESO file")
     return h
 
@@ -41,7 +44,7 @@ def geometry_table() -> fits.HDUList:
         rows += [(ifu, k + 1, int(sky[k]), float(x[k]), float(y[k])) for k in range(48)]
     sub, ccd, sky, x, y = (np.array(c) for c in zip(*rows, strict=True))
     zeros = np.zeros(len(rows))
-    return fits.HDUList([_primary("GEOMETRY_TABLE"), _table([
+    return fits.HDUList([_primary("GEOMETRY_TABLE", "WFM"), _table([
         fits.Column("SubField", "J", array=sub), fits.Column("SliceCCD", "J", array=ccd),
         fits.Column("SliceSky", "J", array=sky),
         fits.Column("x", "D", unit="pix", array=x), fits.Column("y", "D", unit="pix", array=y),
@@ -85,7 +88,7 @@ def filter_list() -> fits.HDUList:
 
 
 def astrometry_wcs() -> fits.HDUList:
-    p = _primary("ASTROMETRY_WCS")
+    p = _primary("ASTROMETRY_WCS", "WFM")
     h = p.header
     h["WCSAXES"] = 2
     h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
@@ -94,7 +97,6 @@ def astrometry_wcs() -> fits.HDUList:
     h["CD1_2"], h["CD2_1"] = 0.0, 0.0
     h["CRPIX1"], h["CRPIX2"] = 0.0, 0.0
     h["CRVAL1"], h["CRVAL2"] = 0.0, 0.0
-    h["HIERARCH ESO INS OPTI2 NAME"] = "WFM"
     return fits.HDUList([p])
 
 
