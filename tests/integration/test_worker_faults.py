@@ -296,20 +296,22 @@ def test_a_recipe_killed_for_memory_fails_with_the_reason_and_uploads_no_product
           f"{took:.1f} s, dead-lettered: {finished.reason!r}; stored: {sorted(stored)}")
 
 
-def _running(rig: Rig, order: WorkOrder) -> None:
-    """Publish ``order`` and return once its esorex has run for 2 s."""
+def _sigterm_mid_recipe(rig: Rig):
+    """A bias worker given an order, sent SIGTERM once its esorex has run for 2 s:
+    (order, worker process, time of the signal)."""
+    start_consuming(rig.fleet, "bias", [0])
+    order = rig.order()
     rig.publish(order)
     rig.wait(lambda: esorex_pids(order), 120, "muse_bias to start")
     time.sleep(2)
-
-
-def test_sigterm_lets_the_running_recipe_finish_then_the_worker_exits(rig):
-    start_consuming(rig.fleet, "bias", [0])
-    order = rig.order()
-    _running(rig, order)
     worker = rig.fleet.processes.pop("bias")
     t0 = time.monotonic()
     worker.send_signal(signal.SIGTERM)
+    return order, worker, t0
+
+
+def test_sigterm_lets_the_running_recipe_finish_then_the_worker_exits(rig):
+    order, worker, t0 = _sigterm_mid_recipe(rig)
     assert worker.wait(180) == 0, tail_logs(rig.fleet)
     took = time.monotonic() - t0
     assert not esorex_pids(order)
@@ -323,12 +325,7 @@ def test_sigterm_lets_the_running_recipe_finish_then_the_worker_exits(rig):
 
 
 def test_a_second_sigterm_kills_the_recipe_and_requeues_the_order(rig):
-    start_consuming(rig.fleet, "bias", [0])
-    order = rig.order()
-    _running(rig, order)
-    worker = rig.fleet.processes.pop("bias")
-    t0 = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
+    order, worker, t0 = _sigterm_mid_recipe(rig)
     time.sleep(1)
     assert esorex_pids(order), "the recipe did not outlive the first SIGTERM"
     worker.send_signal(signal.SIGTERM)
