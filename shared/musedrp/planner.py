@@ -44,6 +44,12 @@ ILLUM_HOURS, ILLUM_KELVIN = 2.0, 1.0
 VIGNETTING_BEFORE_MJD = 57823.0  # muse.oca: a VIGNETTING_MASK only for frames before this
 
 
+def rank(frame: Frame, mjd: float, night: str, ref: float) -> tuple:
+    """Order of preference of a candidate (a frame, or a template by its first frame and
+    mean MJD): validity level, distance in time, then MJD and ARCFILE for ties."""
+    return (level(frame, night, ref), abs(mjd - ref), mjd, frame.arcfile)
+
+
 def level(frame: Frame, night: str, ref: float) -> int:
     """0 on the science night, 1 within a day of ``ref``, 2 beyond."""
     return 0 if frame.night == night else 1 if abs(frame.mjd - ref) <= 1.0 else 2
@@ -214,10 +220,10 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
     if not pool:
         return None
 
-    def rank(t: Template) -> tuple:
-        return (level(t.first, n.night, ref), abs(t.mjd - ref), t.mjd, t.first.arcfile)
+    def of(t: Template) -> tuple:
+        return rank(t.first, t.mjd, n.night, ref)
 
-    best = min(pool, key=rank)
+    best = min(pool, key=of)
     if not best.complete:
         n.decide(f"DEGRADED: {best} is incomplete but no complete template exists")
     if (lvl := level(best.first, n.night, ref)) > 0:
@@ -226,7 +232,7 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
                  f"{WIDEST_DAYS[tag]:g} d for {tag})")
     for t in usable + degraded:
         if t is not best:
-            why = (f"{best} is of the science night" if rank(t)[0] > rank(best)[0] else
+            why = (f"{best} is of the science night" if of(t)[0] > of(best)[0] else
                    f"{best} is closer in time to the science "
                    f"({hours(best.mjd - ref)} vs {hours(t.mjd - ref)})")
             for f in t.frames:
@@ -337,14 +343,14 @@ def choose_closest(n: "Night", candidates: Sequence[Frame], ref: float, what: st
     if not candidates:
         return None
 
-    def rank(f: Frame) -> tuple:
-        return (level(f, n.night, ref), abs(f.mjd - ref), f.mjd, f.arcfile)
+    def of(f: Frame) -> tuple:
+        return rank(f, f.mjd, n.night, ref)
 
-    best = min(candidates, key=rank)
+    best = min(candidates, key=of)
     for f in candidates:
         if f is best:
             continue
-        if rank(f)[0] > rank(best)[0]:
+        if of(f)[0] > of(best)[0]:
             why = f"{best.name} was taken on the science night {n.night}"
         else:
             why = f"{best.name} is closer to the science"
