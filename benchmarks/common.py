@@ -1,13 +1,16 @@
 """What every benchmark shares: simulated frames, a sampler of running recipes, and results
 written as ``results/<name>.{md,json,png}`` with the command and machine that produced them."""
 
+import contextlib
 import json
 import os
 import platform
+import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 
@@ -15,10 +18,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-from musedrp import esorex  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+
+from musedrp import esorex, s3server  # noqa: E402
+from musedrp.registry import Registry, ensure_database  # noqa: E402
+from musedrp.serve import Fleet  # noqa: E402
+from musedrp.settings import Settings  # noqa: E402
 from musedrp.simulate import night  # noqa: E402
+from musedrp.storage import S3Store  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+PG = os.environ.get("MUSEDRP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 NIGHT = date(2014, 8, 1)
 
 
@@ -132,3 +142,42 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     t0 = time.monotonic()
     result = fn(*args, **kwargs)
     return time.monotonic() - t0, result
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=check, capture_output=True)  # noqa: S603,S607
+
+
+@contextlib.contextmanager
+def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings, Fleet,
+                                                                  Registry]]:
+    """A RabbitMQ vhost, a ``weed mini`` S3 server and a PostgreSQL database of their own
+    (removed afterwards), the environment that points services at them (plus
+    ``MUSEDRP_<NAME>`` for each of ``settings``), a fleet to start services in, and the
+    registry."""
+    tag = uuid.uuid4().hex[:8]
+    vhost, db = f"musedrp-bench-{tag}", f"musedrp_bench_{tag}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    db_url = PG.rsplit("/", 1)[0] + f"/{db}"
+    ensure_database(db_url)
+    s3 = s3server.start(work / "s3")
+    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
+           "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
+           "MUSEDRP_DB_URL": db_url, "MUSEDRP_SCRATCH": str(work / "scratch"),
+           **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
+    s = Settings.load(env)
+    S3Store.from_settings(s).create_bucket()
+    fleet = Fleet(work / "services", env)
+    registry = Registry.connect(db_url)
+    try:
+        yield env, s, fleet, registry
+    finally:
+        registry.close()
+        fleet.stop_all()
+        s3.stop()
+        rabbitmqctl("delete_vhost", vhost, check=False)
+        engine = create_engine(PG, isolation_level="AUTOCOMMIT")
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        engine.dispose()

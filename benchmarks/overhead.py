@@ -21,23 +21,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from sqlalchemy import create_engine, text
 
-from musedrp import s3server
-from musedrp.registry import Registry, ensure_database
-from musedrp.serve import Fleet, submit
+from musedrp.serve import submit
 from musedrp.services.bias.spec import SPEC as BIAS
 from musedrp.services.flat.spec import SPEC as FLAT
-from musedrp.settings import Settings
-from musedrp.storage import S3Store
 
-from common import timed, write_frames, write_results
+from common import fresh_services, timed, write_frames, write_results
 
-PG = os.environ.get("MUSEDRP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 FRAMES = 11
 PATHS = ("esorex", "reduce", "services")
 
@@ -73,28 +66,10 @@ def reduce(raw: Path, work: Path) -> dict[str, float]:
                                             for m in work.glob("products/*/*/*/*/manifest.json"))}
 
 
-def rabbitmqctl(*args: str, check: bool = True) -> None:
-    subprocess.run(["rabbitmqctl", *args], check=check, capture_output=True)  # noqa: S603,S607
-
-
 def services(raw: Path, work: Path, quiet_s: float) -> dict[str, float]:
     """Fresh servers each time (not timed); timed from the first upload to both jobs done."""
-    tag = uuid.uuid4().hex[:8]
-    vhost, db = f"musedrp-bench-{tag}", f"musedrp_bench_{tag}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-    db_url = PG.rsplit("/", 1)[0] + f"/{db}"
-    ensure_database(db_url)
-    s3 = s3server.start(work / "s3")
-    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
-           "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
-           "MUSEDRP_DB_URL": db_url, "MUSEDRP_SCRATCH": str(work / "scratch"),
-           "MUSEDRP_PLAN_QUIET_S": str(quiet_s), "MUSEDRP_IFUS": "1"}
-    settings = Settings.load(env)
-    S3Store.from_settings(settings).create_bucket()
-    fleet = Fleet(work / "services", env)
-    registry = Registry.connect(db_url)
-    try:
+    with fresh_services(work, plan_quiet_s=str(quiet_s), ifus="1") as (_, settings, fleet,
+                                                                       registry):
         for name, cpus in (("ingest", None), ("planner", None), ("bias", [0]), ("flat", [0])):
             fleet.start(name, cpus)
         time.sleep(5)  # start-up (esorex --man-page checks) is not what we measure
@@ -112,15 +87,6 @@ def services(raw: Path, work: Path, quiet_s: float) -> dict[str, float]:
             raise SystemExit(f"services path failed: {states}; logs in {work}")
         return {"wall_s": time.monotonic() - t0, "upload_s": uploaded,
                 "recipe_s": sum(j.wall_s or 0 for j in registry.jobs())}
-    finally:
-        registry.close()
-        fleet.stop_all()
-        s3.stop()
-        rabbitmqctl("delete_vhost", vhost, check=False)
-        engine = create_engine(PG, isolation_level="AUTOCOMMIT")
-        with engine.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        engine.dispose()
 
 
 def main() -> int:

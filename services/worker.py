@@ -6,6 +6,7 @@ worker's CPUs), uploads products and logs with the manifest last, and returns th
 A work order whose manifest already exists is answered from the manifest at once.
 """
 
+import contextlib
 import errno
 import logging
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from musedrp import esorex, metrics, runner, service, storage
+from musedrp.admission import SharedPool
 from musedrp.broker import Handler
 from musedrp.errors import DataError, Transient
 from musedrp.messages import Envelope, JobFinished, ProductCreated, WorkOrder
@@ -25,9 +27,11 @@ from musedrp.topology import BY_NAME, Stage, work_key
 
 class StageWorker(Handler):
     def __init__(self, stage: Stage, settings: Settings, store: storage.ObjectStore,
-                 cpus: list[int], scratch: Path, log: logging.Logger) -> None:
+                 cpus: list[int], scratch: Path, log: logging.Logger,
+                 pool: SharedPool | None = None) -> None:
         self.stage, self.settings, self.store, self.cpus, self.log = (
             stage, settings, store, cpus, log)
+        self.pool = pool  # one machine's cores and memory, shared with other workers
         self.scratch = scratch
         self.spec, self.compute = stage.spec, stage.compute()
         self.name = stage.name
@@ -53,10 +57,11 @@ class StageWorker(Handler):
     def _run(self, env: Envelope, order: WorkOrder, attempt: int) -> list[Envelope]:
         with tempfile.TemporaryDirectory(prefix=f"{order.job_key}-", dir=self.scratch) as tmp:
             local = self._download(order, Path(tmp) / "in")
-            self.log.info("%s: running %s on CPUs %s", order, order.recipe,
-                          esorex.format_cpus(self.cpus))
-            result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
-                                    self.cpus, Path(tmp), [f.path for f in order.inputs])
+            with self._claim(order) as cpus:
+                self.log.info("%s: running %s on CPUs %s", order, order.recipe,
+                              esorex.format_cpus(cpus))
+                result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
+                                        cpus, Path(tmp), [f.path for f in order.inputs])
             if result.error is None:  # an earlier attempt's, wrong now; gone before the manifest
                 self.store.delete(order.product_key(ERROR_FILE))
             storage.upload_dir(self.store, result.directory, order.product_dir)
@@ -65,6 +70,16 @@ class StageWorker(Handler):
             self.log.info("%s: %s in %.1f s", order, result.outcome,
                           result.manifest["run"]["wall_s"])
             return self._events(env, order, result.manifest, "succeeded", attempt)
+
+    def _claim(self, order: WorkOrder) -> contextlib.AbstractContextManager:
+        """The CPUs to run on: this worker's own, or a share of the machine's (serve)."""
+        if self.pool is None:
+            return contextlib.nullcontext(self.cpus)
+        return self.pool.claim(order.memory_gb, self.spec.multicore)
+
+    def interrupt(self) -> None:
+        if self.pool is not None:
+            self.pool.interrupt()
 
     def _download(self, order: WorkOrder, root: Path) -> WorkOrder:
         """Every input into its own folder (names kept: esorex products cite them).
@@ -135,9 +150,12 @@ def make(stage_name: str):
         store = storage.open_store(settings)
         store.check()
         cpus = service.cpu_set(settings)
-        log.info("stage %s: recipe %s, CPUs %s, scratch %s", stage_name, stage.spec.recipe,
-                 esorex.format_cpus(cpus), scratch)
-        return StageWorker(stage, settings, store, cpus, scratch, log)
+        pool = (SharedPool(settings.admission, cpus, settings.memory_gb)
+                if settings.admission else None)
+        log.info("stage %s: recipe %s, CPUs %s%s, scratch %s", stage_name, stage.spec.recipe,
+                 esorex.format_cpus(cpus), f" shared through {settings.admission} within "
+                 f"{settings.memory_gb:.1f} GB" if pool else "", scratch)
+        return StageWorker(stage, settings, store, cpus, scratch, log, pool)
 
     return factory
 

@@ -164,6 +164,9 @@ class Handler:
         """Called on the connection thread about once a second while no message is handled;
         ``publish`` returns once the broker has confirmed."""
 
+    def interrupt(self) -> None:
+        """The second signal: stop what the running message waits for (default nothing)."""
+
 
 def fate(handler: Handler, env: Envelope, attempt: int, delays: Sequence[int],
          interrupted: Callable[[], bool]) -> Fate:
@@ -214,6 +217,7 @@ class Consumer:
             if self.stopping:
                 self.interrupted = True
                 esorex.kill_all()
+                self.handler.interrupt()
             self.stopping = True
             log.info("signal %d: %s", signum, "stopping the running recipe" if
                      self.interrupted else "finishing the running message, then exiting")

@@ -3,8 +3,10 @@
 ``musedrp serve`` uses what is configured (``MUSEDRP_*``) and starts what is missing: RabbitMQ
 if it is local and down, ``weed mini`` if no S3 endpoint is configured, the PostgreSQL
 database if it does not exist.  Each service runs as its own process (``musedrp service
-NAME``), stage workers pinned one core each, round-robin over this process's CPUs; each logs
-JSON lines to ``STATE_DIR/logs/NAME.log`` and serves metrics on its own port.  What the
+NAME``); each logs JSON lines to ``STATE_DIR/logs/NAME.log`` and serves metrics on its own
+port.  Per-IFU stages get one worker per core, merging stages one: they share this
+machine's cores and memory budget as the embedded executor does (admission.py), so the IFUs
+of a stage run side by side and a merging recipe gets the cores others free.  What the
 other commands (``submit``, ``status``) need to find the servers is written to
 ``STATE_DIR/services.env``, and each secret (S3 key, broker password) to a file of its own
 under ``STATE_DIR/secrets``, all readable by this user only.  The services run in sessions of
@@ -23,13 +25,15 @@ from pathlib import Path
 
 from musedrp import broker, esorex, s3server
 from musedrp.errors import ConfigError
+from musedrp.executor import available_memory_gb
 from musedrp.registry import ensure_database
 from musedrp.settings import SECRETS, Settings, write_private
 from musedrp.storage import S3Store
-from musedrp.topology import STAGES, queues
+from musedrp.topology import BY_NAME, STAGES, queues
 
 SERVICES = ("ingest", "planner", *(s.name for s in STAGES))
 ENV_FILE = "services.env"
+ADMISSION_FILE = "admission.json"
 METRICS_BASE = 9310
 SERVICE_COMMAND = (sys.executable, "-m", "musedrp.cli", "service")  # + the service's name
 
@@ -78,7 +82,8 @@ class Fleet:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, name: str, cpus: Iterable[int] | None = None, metrics_port: int = 0,
-              **settings: str) -> subprocess.Popen:
+              service: str = "", **settings: str) -> subprocess.Popen:
+        """Start ``service`` (default ``name``) as the process called ``name``."""
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env, "MUSEDRP_LOG_FORMAT": "json",
@@ -89,7 +94,7 @@ class Fleet:
             # a session of its own: a Ctrl-C in serve's terminal must not reach the service
             # beside serve's own SIGTERM, as a second signal (which kills the recipe)
             self.processes[name] = subprocess.Popen(  # noqa: S603 - our own CLI
-                [*SERVICE_COMMAND, name], env=env, start_new_session=True,
+                [*SERVICE_COMMAND, service or name], env=env, start_new_session=True,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self.processes[name]
 
@@ -131,6 +136,10 @@ def prepare(state_dir: Path) -> tuple[dict[str, str], s3server.S3Server | None]:
                 "MUSEDRP_S3_ACCESS_KEY": server.access_key,
                 "MUSEDRP_S3_SECRET_KEY": server.secret_key}
     env.setdefault("MUSEDRP_SCRATCH", str(state_dir / "scratch"))
+    # one budget for the planner (it splits or refuses jobs by it) and the workers' admission
+    env.setdefault("MUSEDRP_MEMORY_GB", f"{0.85 * available_memory_gb():.1f}")
+    env["MUSEDRP_ADMISSION"] = str(state_dir / ADMISSION_FILE)
+    (state_dir / ADMISSION_FILE).unlink(missing_ok=True)  # an earlier serve's claims
     env = _secrets_to_files(env, state_dir / "secrets")
     s = Settings.load(env)
     if server is not None:
@@ -167,6 +176,18 @@ def _create_bucket(store: S3Store, timeout_s: float = 30.0) -> None:
             time.sleep(0.5)
 
 
+def instances(services: Iterable[str], ncpus: int) -> list[tuple[str, str]]:
+    """(process name, service) pairs: a worker per core for a per-IFU stage, so that its IFUs
+    run side by side; one for ingest, the planner and a merging stage (which widens instead).
+    """
+    out = []
+    for service in services:
+        stage = BY_NAME.get(service)
+        n = ncpus if stage is not None and not stage.spec.multicore else 1
+        out += [(service if i == 0 else f"{service}.{i + 1}", service) for i in range(n)]
+    return out
+
+
 def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
     """Run every service until Ctrl-C or SIGTERM; a service that exits is reported."""
     env, server = prepare(state_dir)
@@ -181,15 +202,12 @@ def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        print(f"{'service':<9} {'pid':>7}  cpus  metrics  log")
-        stage_no = 0
-        for i, name in enumerate(services):
-            pinned = None
-            if name not in ("ingest", "planner"):
-                pinned, stage_no = [cpus[stage_no % len(cpus)]], stage_no + 1
-            p = fleet.start(name, pinned, METRICS_BASE + i)
-            print(f"{name:<9} {p.pid:>7}  {esorex.format_cpus(pinned) if pinned else 'any':<4}"
-                  f"  :{METRICS_BASE + i}    {state_dir / 'logs' / (name + '.log')}", flush=True)
+        print(f"{'service':<11} {'pid':>7}  metrics  log  (workers share CPUs "
+              f"{esorex.format_cpus(cpus)} within {Settings.load(env).memory_gb:.1f} GB)")
+        for i, (name, service) in enumerate(instances(services, len(cpus))):
+            p = fleet.start(name, None, METRICS_BASE + i, service)
+            print(f"{name:<11} {p.pid:>7}  :{METRICS_BASE + i}    "
+                  f"{state_dir / 'logs' / (name + '.log')}", flush=True)
         print(f"S3 {env['MUSEDRP_S3_ENDPOINT']}; submit with `musedrp submit RAW_DIR "
               f"--state-dir {state_dir}`; Ctrl-C stops everything", flush=True)
         reported: set[str] = set()

@@ -42,6 +42,7 @@ class Settings(BaseModel):
     scratch: Path = Path("/tmp/musedrp-scratch")  # noqa: S108 - overridden in images
     cpus: str = ""  # e.g. "0-1"; empty: this process's affinity
     memory_gb: float = 20.0  # what the largest (fan-in) worker may use; the planner fits to it
+    admission: Path | None = None  # a file shared by one machine's workers (admission.py)
     timeout_s: float | None = None  # overrides every stage's recipe timeout (tests, emergencies)
     retry_delays_s: tuple[int, ...] = (30, 120, 600)  # one delay queue each; then dead letter
     delivery_limit: int = 3  # redeliveries of a message whose worker died (OOM, SIGKILL)

@@ -2,6 +2,7 @@
 recipe, and the planner on a SQLite registry."""
 
 import errno
+import json
 import logging
 import time
 from concurrent import futures
@@ -11,6 +12,7 @@ import pytest
 from astropy.io import fits
 from sqlalchemy.exc import OperationalError
 
+from musedrp.admission import SharedPool
 from musedrp.errors import DataError, Transient
 from musedrp.esorex import RecipeRun
 from musedrp.messages import Envelope, FrameRegistered, InputFile, JobFinished, WorkOrder
@@ -356,3 +358,15 @@ def test_planning_keeps_a_frame_registered_meanwhile(planner_setup, monkeypatch)
     row = next(r for r in registry.frames() if r.path == science.path)
     assert row.frame["target"] == "re-registered" and row.status == "rejected"
     assert "no wavelength calibration" in row.reason
+
+
+def test_a_worker_sharing_the_machine_runs_on_the_core_it_claimed(worker, tmp_path):
+    """Under ``serve`` the recipe runs on a core the shared pool grants (here the one left
+    free beside another worker's claim), released afterwards."""
+    calls = []
+    worker.compute = fake_compute(calls)
+    worker.pool = SharedPool(tmp_path / "admission.json", [0, 1], memory_gb=4.0)
+    with worker.pool.claim(2.5) as other:
+        (finished, _) = worker.handle(order_envelope(), 1)
+    assert finished.payload.cpus == tuple(c for c in (0, 1) if c not in other)
+    assert json.loads((tmp_path / "admission.json").read_text()) == {}
