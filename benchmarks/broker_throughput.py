@@ -21,7 +21,6 @@ Repetitions run the three paths in turn.  Writes
 
 import argparse
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pika
 from ingest_planning import first_night
+from overhead import rabbitmqctl
 
 from musedrp import broker
 from musedrp.broker import Consumer, Handler
@@ -44,11 +44,6 @@ from musedrp.topology import queue, work_key
 from common import write_results
 
 QUEUE = "work.bias"
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", *args],  # noqa: S603,S607  (fixed arguments, on PATH)
-                   check=True, capture_output=True, timeout=120)
 
 
 @contextmanager
