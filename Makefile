@@ -55,8 +55,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check shared services tests benchmarks
 
-# each writes benchmarks/results/<name>.{md,json,png}; together about 55 min on 2 cores
-BENCHMARKS ?= overhead pinning fanout memory_models ingest_planning
+# each writes benchmarks/results/<name>.{md,json,png}; together about 65 min on 2 cores
+BENCHMARKS ?= overhead pinning fanout memory_models ingest_planning prompt_latency \
+	broker_throughput
 bench: setup
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 

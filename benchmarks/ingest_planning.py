@@ -104,6 +104,14 @@ def late_frame(frames: list[Frame]) -> Frame:
                                    "path": f"raw/{last.night}/{name}"})
 
 
+def clocked(fn, *args) -> tuple[float, float, object]:
+    """Wall and CPU seconds of ``fn(*args)``: CPU time shows the planner's own cost when other
+    work shares the machine's cores."""
+    wall, cpu = time.monotonic(), time.process_time()
+    result = fn(*args)
+    return time.monotonic() - wall, time.process_time() - cpu, result
+
+
 def event(kind: str, payload) -> Envelope:
     return Envelope(type=kind, source="benchmark", payload=payload)
 
@@ -118,7 +126,7 @@ def planning(nights: list[int], tmp: Path) -> list[dict]:
         frames = statics + [shifted(f, d) for d in range(n) for f in one]
         registry.record_frames(frames, {f.path: ("registered", "") for f in frames})
         planner = Planner(registry, Settings.load({}), "2.8.7", log)
-        first_s, _ = timed(planner.plan, {ALL})
+        first_s, first_cpu_s, _ = clocked(planner.plan, {ALL})
         again_s, _ = timed(planner.plan, {ALL})
         late = late_frame(frames)
         registry.record_frames([late], {late.path: ("registered", "")})
@@ -126,7 +134,7 @@ def planning(nights: list[int], tmp: Path) -> list[dict]:
         planner.handle(event("frame.registered", FrameRegistered(
             key=late.path, night=late.night, tag=late.tag, status="registered")), 1)
         touched = set(planner.touched)
-        one_s, planned = timed(planner.plan, touched)
+        one_s, one_cpu_s, planned = clocked(planner.plan, touched)
         replanned = registry.nights(touched, SEARCH_DAYS)
         planner.issue(lambda env: None)  # at start-up: the biases of every night
         bias = next(j for j in registry.jobs("queued") if j.night == late.night)
@@ -138,12 +146,26 @@ def planning(nights: list[int], tmp: Path) -> list[dict]:
         registry.close()
         records.append({"nights": n, "frames": len(frames), "frames_per_night": len(one),
                         "jobs": jobs, "first_plan_s": round(first_s, 2),
+                        "first_plan_cpu_s": round(first_cpu_s, 2),
+                        "replan_one_frame_cpu_s": round(one_cpu_s, 2),
                         "replan_s": round(again_s, 2), "replan_one_frame_s": round(one_s, 2),
                         "replan_one_frame_nights": len(replanned),
                         "replan_one_frame_jobs": len(planned),
                         "issue_one_finished_s": round(issue_s, 3)})
         print(records[-1], flush=True)
     return records
+
+
+def per_night_s(plan: list[dict]) -> dict:
+    """The first plan's seconds per night (a line through the origin), and how far the
+    points of 30 nights or more fall from it: linear cost means a small deviation."""
+    fit = {}
+    for what, col in (("wall", "first_plan_s"), ("cpu", "first_plan_cpu_s")):
+        fit[what] = (sum(r["nights"] * r[col] for r in plan)
+                     / sum(r["nights"] ** 2 for r in plan))
+    fit["deviation"] = max((abs(r["first_plan_cpu_s"] / (fit["cpu"] * r["nights"]) - 1)
+                            for r in plan if r["nights"] >= 30), default=0.0)
+    return fit
 
 
 def main() -> int:
@@ -159,9 +181,11 @@ def main() -> int:
     ingest_table += [f"| {r['ifus']} | {r['size_bytes'] / 1e6:.0f} | {r['bytes_read']} | "
                      f"{r['gets']} | {r['bytes_read'] / r['size_bytes']:.1e} | {r['seconds']} |"
                      for r in ing]
-    rows = [(r["nights"], r["frames"], r["jobs"], r["first_plan_s"], r["replan_s"],
-             r["replan_one_frame_s"], r["replan_one_frame_nights"], r["replan_one_frame_jobs"],
+    rows = [(r["nights"], r["frames"], r["jobs"], r["first_plan_s"], r["first_plan_cpu_s"],
+             r["replan_s"], r["replan_one_frame_s"], r["replan_one_frame_cpu_s"],
+             r["replan_one_frame_nights"], r["replan_one_frame_jobs"],
              r["issue_one_finished_s"]) for r in plan]
+    per_night = per_night_s(plan)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     axes[0].loglog([r["size_bytes"] for r in ing], [r["bytes_read"] for r in ing], "o-")
     axes[0].set_xlabel("file size [bytes]")
@@ -169,6 +193,7 @@ def main() -> int:
     axes[0].set_title("ingest: header-only reads")
     xs = [r["nights"] for r in plan]
     axes[1].loglog(xs, [r["first_plan_s"] for r in plan], "o-", label="first plan")
+    axes[1].loglog(xs, [r["first_plan_cpu_s"] for r in plan], "o--", label="first plan, CPU")
     axes[1].loglog(xs, [r["replan_s"] for r in plan], "s-", label="re-plan, nothing new")
     axes[1].loglog(xs, [r["replan_one_frame_s"] for r in plan], "^-",
                    label="re-plan after one new frame")
@@ -186,13 +211,21 @@ def main() -> int:
              "every frame, plan, record jobs and frame states), as at start-up. After one new "
              "frame (an object exposure in the middle night): the nights with frames within "
              "SEARCH_DAYS of it, from the frames within SEARCH_DAYS of those. Issue: after one "
-             "bias job.finished, the waiting jobs that need it."]
+             "bias job.finished, the waiting jobs that need it. CPU: the process's CPU time "
+             "meanwhile (wall time also counts waiting for a core shared with other work).",
+             "", f"Least squares through the origin: first plan {per_night['wall']:.3f} s "
+             f"(CPU {per_night['cpu']:.3f} s) per night, i.e. "
+             f"{per_night['wall'] * 365:.1f} s (CPU {per_night['cpu'] * 365:.1f} s) for 365 "
+             "nights; largest relative deviation of a point with 30 nights or more from that "
+             f"line: {per_night['deviation']:.0%}."]
     print(write_results("ingest_planning", "Ingest bytes per frame; planning against nights",
                         notes, ["nights", "frames", "jobs", "first plan [s]",
-                                "re-plan, nothing new [s]", "re-plan after one frame [s]",
+                                "first plan, CPU [s]", "re-plan, nothing new [s]",
+                                "re-plan after one frame [s]", "re-plan after one frame, CPU [s]",
                                 "nights re-planned", "jobs of that plan",
                                 "issue after one job.finished [s]"], rows,
-                        {"ingest": ing, "planning": plan}, fig))
+                        {"ingest": ing, "planning": plan, "first_plan_per_night": per_night},
+                        fig))
     return 0
 
 

@@ -26,7 +26,7 @@ from statistics import fmean
 from musedrp.errors import NoWork
 from musedrp.frames import Frame, Setup
 from musedrp.messages import InputFile, WorkOrder
-from musedrp.stages import StageSpec, product_tag
+from musedrp.stages import RecipeParams, StageSpec, product_tag
 from musedrp.statics import choose_static
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
@@ -149,6 +149,8 @@ class Plan:
     used: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     decisions: list[str] = field(default_factory=list)
     keys: set[str] = field(default_factory=set)  # of the orders
+    # one InputFile per distinct input: a master bias is read by a dozen orders
+    inputs: dict[tuple, InputFile] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = Index(self.frames)
@@ -166,6 +168,35 @@ class Plan:
         if notes := self.notes.get(frame.path):
             return "rejected", notes
         return "unused", [UNUSED.get(frame.tag, "no stage uses this frame")]
+
+    # The input files of the orders, each made once (a master bias is read by a dozen orders)
+    # and not validated: every value comes from a classified frame, a static file or an order
+    # of this plan (validating ~500 000 of them was a third of planning a year); whoever
+    # decodes an order validates it whole.
+
+    def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...]) -> InputFile:
+        key = ("raw", f.path, ifu, ifus)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = InputFile.model_construct(
+                tag=f.tag, path=f.path, ifu=ifu, job_key="",
+                datasum=",".join(f.datasums.get(i, "") for i in ifus))
+        return found
+
+    def product_input(self, root: Path, upstream: WorkOrder, name: str) -> InputFile:
+        u = upstream
+        key = ("product", u.job_key, u.night, u.stage, u.setup, name)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = InputFile.model_construct(
+                tag=_tag(name), path=str(root / u.product_dir / name), ifu=None,
+                job_key=u.job_key, datasum="")
+        return found
+
+    def static_input(self, tag: Tag, f: Frame) -> InputFile:
+        key = ("static", tag, f.path)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = InputFile.model_construct(
+                tag=tag, path=f.path, ifu=None, job_key="", datasum=f.checksum)
+        return found
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> None:
         if order.job_key not in self.keys:
@@ -271,6 +302,7 @@ class Night:
     memory_gb: float | None
     ref: float
     statics: dict[Tag, tuple[Frame | None, str]] = field(default_factory=dict)
+    resolved: dict[str, tuple[RecipeParams, dict]] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -283,17 +315,11 @@ class Night:
               calibs: Sequence[tuple[WorkOrder, str]], statics: Sequence[Tag] = (),
               reasons: Sequence[str] = (), n_ifus: int = 1, products=None) -> WorkOrder:
         spec = BY_NAME[stage].spec
-        params = spec.params(**self.overrides.get(stage, {})).model_dump()
-        inputs = [InputFile(tag=f.tag, path=f.path, ifu=ifu,
-                            datasum=",".join(f.datasums.get(i, "") for i in
-                                             ([ifu] if ifu else self.ifus)))
-                  for f in raw]
-        inputs += [InputFile(tag=_tag(name), job_key=u.job_key,
-                             path=_located(self.out_root, u.product_dir, name))
-                   for u, name in calibs]
-        for tag in statics:
-            f, _ = self.statics[tag]
-            inputs.append(InputFile(tag=tag, path=f.path, datasum=f.checksum))
+        model, params = self.params(stage)
+        plan, ifus = self.plan, (ifu,) if ifu else tuple(self.ifus)
+        inputs = [plan.raw_input(f, ifu, ifus) for f in raw]
+        inputs += [plan.product_input(self.out_root, u, name) for u, name in calibs]
+        inputs += [plan.static_input(tag, self.statics[tag][0]) for tag in statics]
         order = WorkOrder(
             stage=stage, recipe=spec.recipe,
             job_key=job_key(spec.recipe, self.version, ifu, params, inputs),
@@ -301,10 +327,17 @@ class Night:
             memory_gb=spec.memory.estimate_gb(len(raw), n_ifus), timeout_s=spec.timeout_s,
             needs=tuple(dict.fromkeys(u.job_key for u, _ in calibs)),
             reasons=tuple(reasons) + tuple(self.statics[t][1] for t in statics),
-            products=tuple(products or spec.product_names(ifu, spec.params(**params))),
+            products=tuple(products or spec.product_names(ifu, model)),
         )
         self.plan.add(order, [*raw, *(self.statics[t][0] for t in statics)])
         return order
+
+    def params(self, stage: str) -> tuple[RecipeParams, dict]:
+        """The stage's resolved parameters (model and dict), once per night."""
+        if stage not in self.resolved:
+            model = BY_NAME[stage].spec.params(**self.overrides.get(stage, {}))
+            self.resolved[stage] = model, model.model_dump()
+        return self.resolved[stage]
 
     def static(self, tag: Tag, required: bool = True) -> bool:
         """Choose the static file of ``tag`` once; False (with a decision) if there is none."""
@@ -326,11 +359,6 @@ class Night:
 @cache
 def _tag(name: str) -> Tag:
     return product_tag(Path(name))
-
-
-@cache
-def _located(root: Path, directory: str, name: str) -> str:
-    return str(root / directory / name)
 
 
 def _product(order: WorkOrder, tag: Tag) -> tuple[WorkOrder, str]:

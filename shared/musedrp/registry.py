@@ -227,12 +227,15 @@ class Registry:
         with Session(self.engine) as s, s.begin():
             known = set(_in(s, select(JobRow.key), JobRow.key, [o.job_key for o in orders]))
             new = {o.job_key: o for o in orders if o.job_key not in known}
+            # Core inserts (the tables', not the ORM classes'): the ORM's per-row bookkeeping
+            # is not needed for rows that are only added
             if new:
-                s.execute(insert(JobRow), [
+                s.execute(insert(JobRow.__table__), [
                     dict(key=k, stage=o.stage, night=o.night, setup=o.setup, ifu=o.ifu,
-                         order=o.model_dump(mode="json")) for k, o in new.items()])
+                         order=o.model_dump(mode="json"))
+                    for k, o in new.items()])
             if needs := [dict(job_key=k, need=n) for k, o in new.items() for n in o.needs]:
-                s.execute(insert(NeedRow), needs)
+                s.execute(insert(NeedRow.__table__), needs)
         return list(new)
 
     def set_state(self, key: str, state: str, reason: str = "", wall_s: float | None = None,

@@ -2,6 +2,7 @@
 Guaranteed with integer CPUs, sized from the stage memory models, given a grace period
 longer than their recipe, and scaled on their own queue; no secret in a ConfigMap."""
 
+import base64
 import json
 import re
 import shutil
@@ -76,7 +77,8 @@ def test_prod_workers_are_guaranteed_sized_and_scaled_on_their_queue():
         assert "MUSEDRP_CPUS" not in str(c)  # the worker reads its affinity
         assert c["securityContext"]["readOnlyRootFilesystem"] and not pod[
             "automountServiceAccountToken"]
-        queue = scalers[f"worker-{service}"]["spec"]["triggers"][0]["metadata"]["queueName"]
+        (trigger,) = scalers[f"worker-{service}"]["spec"]["triggers"]
+        queue = trigger["metadata"]["queueName"]
         assert scalers[f"worker-{service}"]["spec"]["scaleTargetRef"]["name"] == \
             f"worker-{service}"
         if service in BY_NAME:
@@ -88,6 +90,33 @@ def test_prod_workers_are_guaranteed_sized_and_scaled_on_their_queue():
             assert pod["terminationGracePeriodSeconds"] >= spec.timeout_s + TRANSFER_MARGIN_S
         else:
             assert queue == service
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_workers_scale_on_ready_and_unacknowledged_messages(overlay):
+    """KEDA's RabbitMQ scaler counts unacknowledged (running) orders only through the
+    management API (protocol http); over AMQP it sees ready ones alone and would scale a
+    stage to zero under its last running recipe.  The URL comes from the Secret."""
+    docs = render(overlay)
+    auths = by_kind(docs, "TriggerAuthentication")
+    scalers = by_kind(docs, "ScaledObject")
+    assert scalers
+    for name, scaler in scalers.items():
+        (trigger,) = scaler["spec"]["triggers"]
+        meta = trigger["metadata"]
+        assert trigger["type"] == "rabbitmq" and meta["protocol"] == "http", name
+        assert meta["mode"] == "QueueLength" and float(meta["value"]) >= 1, name
+        assert str(meta.get("excludeUnacknowledged", "false")).lower() == "false", name
+        assert not {"host", "hostFromEnv"} & meta.keys(), name  # no URL outside the Secret
+        (ref,) = auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+        assert ref == {"parameter": "host", "name": "musedrp-credentials",
+                       "key": "rabbitmq-management-url"}, name
+    if overlay == "dev":  # the URL points at the broker's management port
+        (secret,) = by_kind(docs, "Secret").values()
+        url = base64.b64decode(secret["data"]["rabbitmq-management-url"]).decode()
+        assert re.fullmatch(r"http://[^:@/]+:[^@/]+@rabbitmq:15672/", url), url
+        ports = by_kind(docs, "Service")["rabbitmq"]["spec"]["ports"]
+        assert {"name": "management", "port": 15672, "targetPort": "management"} in ports
 
 
 def test_credentials_only_in_secrets():

@@ -382,6 +382,27 @@ def test_planning_some_nights_gives_the_same_orders_as_planning_all(plan, templa
     assert [o for o in everything.orders if o.night == "2014-08-02"] == one.orders
 
 
+def test_planning_every_night_at_once_equals_planning_each_night_alone(plan, template, science):
+    """What a year's plan is made of: each night's orders and decisions are those of that
+    night planned alone, and every frame is used by the same jobs (inputs shared between
+    orders are built once, and that changes nothing)."""
+    days = [0, 1, 2, 9]  # science on 0, 2 and 9; night 1 has calibrations only
+    frames = [f for d in days
+              for f in (*template(56870.75 + d), *template(56870.8 + d, keys=FLAT),
+                        *(science(mjd=SCIENCE_MJD + d) if d != 1 else ()))]
+    everything = plan(frames)
+    nights = sorted({o.night for o in everything.orders})
+    assert len(nights) == len(days)
+    alone = [plan(frames, nights=[night]) for night in nights]
+    for night, p in zip(nights, alone, strict=True):
+        assert p.orders == [o for o in everything.orders if o.night == night]
+        assert p.decisions == [d for d in everything.decisions if d.startswith(f"night {night}")]
+    assert sum(len(p.orders) for p in alone) == len(everything.orders)
+    for f in frames:
+        assert everything.used.get(f.path, set()) == set().union(
+            *(p.used.get(f.path, set()) for p in alone)), f.name
+
+
 def test_a_standard_is_science_only_on_a_night_of_its_own_calibrations(template, make_frame):
     """Throughput monitoring: a night of calibrations and a standard star gives a response;
     a standard alone (as a calibration package brings one) is not reduced."""
