@@ -47,6 +47,10 @@ class SharedPool:
         self.path, self.cpus, self.memory_gb, self.poll_s = path, sorted(cpus), memory_gb, poll_s
         self._stop = threading.Event()
 
+    def held(self) -> dict[str, dict]:
+        """The claims of living processes: CPUs, memory, merging or not, by claim name."""
+        return self._update(dict)
+
     def interrupt(self) -> None:
         """Stop waiting: a claim waiting for cores raises ``Interrupted`` (shutdown)."""
         self._stop.set()

@@ -148,7 +148,7 @@ class Plan:
     notes: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     used: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     decisions: list[str] = field(default_factory=list)
-    keys: set[str] = field(default_factory=set)  # of the orders
+    by_key: dict[str, WorkOrder] = field(default_factory=dict)  # the orders
     # one InputFile per distinct input: a master bias is read by a dozen orders
     inputs: dict[tuple, InputFile] = field(default_factory=dict)
 
@@ -198,12 +198,15 @@ class Plan:
                 tag=tag, path=f.path, ifu=None, job_key="", datasum=f.checksum)
         return found
 
-    def add(self, order: WorkOrder, frames: Iterable[Frame]) -> None:
-        if order.job_key not in self.keys:
-            self.keys.add(order.job_key)
+    def add(self, order: WorkOrder, frames: Iterable[Frame]) -> WorkOrder:
+        """The plan's order of ``order``'s job: ``order``, or the same job planned before
+        (from another setup's cascade, its products where that one writes them)."""
+        kept = self.by_key.setdefault(order.job_key, order)
+        if kept is order:
             self.orders.append(order)
         for f in frames:
             self.used[f.path].add(order.job_key)
+        return kept
 
 
 def _mismatch(setup: Setup, science: Setup, keys, recipe: str) -> str:
@@ -320,17 +323,19 @@ class Night:
         inputs = [plan.raw_input(f, ifu, ifus) for f in raw]
         inputs += [plan.product_input(self.out_root, u, name) for u, name in calibs]
         inputs += [plan.static_input(tag, self.statics[tag][0]) for tag in statics]
+        # where a job writes follows from its frames, as its key does: planned again from
+        # another night's or setup's cascade (or in another plan), it is the same place
+        night, setup = (raw[0].night, raw[0].setup.key) if raw else (self.night, self.setup.key)
         order = WorkOrder(
             stage=stage, recipe=spec.recipe,
             job_key=job_key(spec.recipe, self.version, ifu, params, inputs),
-            night=self.night, setup=self.setup.key, ifu=ifu, inputs=tuple(inputs), params=params,
+            night=night, setup=setup, ifu=ifu, inputs=tuple(inputs), params=params,
             memory_gb=spec.memory.estimate_gb(len(raw), n_ifus), timeout_s=spec.timeout_s,
             needs=tuple(dict.fromkeys(u.job_key for u, _ in calibs)),
             reasons=tuple(reasons) + tuple(self.statics[t][1] for t in statics),
             products=tuple(products or spec.product_names(ifu, model)),
         )
-        self.plan.add(order, [*raw, *(self.statics[t][0] for t in statics)])
-        return order
+        return self.plan.add(order, [*raw, *(self.statics[t][0] for t in statics)])
 
     def params(self, stage: str) -> tuple[RecipeParams, dict]:
         """The stage's resolved parameters (model and dict), once per night."""

@@ -71,7 +71,7 @@ def test_merging_claim_takes_every_free_core_and_those_freed_first(pool):
         waiting, got_single, release_single = claim_later(pool, 1.0)
         time.sleep(0.2)
     # the freed core went to the merging claim, not to the waiting per-IFU claim
-    claims = json.loads(pool.path.read_text())
+    claims = pool.held()
     assert [c["cpus"] for c in claims.values() if c["multicore"]] == [[0, 1]]
     time.sleep(0.2)
     assert not got_single
@@ -90,7 +90,7 @@ def test_merging_claim_grows_while_held(pool):
     wait_for(lambda: len(cpus) == 2)  # the runner widens the recipe to what the grant holds
     assert sorted(cpus) == [0, 1] and single
     merging.__exit__(None, None, None)
-    assert json.loads(pool.path.read_text()) == {}
+    assert pool.held() == {}
 
 
 def test_claim_of_a_dead_process_is_dropped(pool):

@@ -378,8 +378,11 @@ def test_planning_some_nights_gives_the_same_orders_as_planning_all(plan, templa
                         *science(mjd=SCIENCE_MJD + d))]
     everything = plan(frames)
     one = plan(frames, nights=["2014-08-02"])
-    assert {o.night for o in one.orders} == {"2014-08-02"}
-    assert [o for o in everything.orders if o.night == "2014-08-02"] == one.orders
+    arcs = ("wavecal", "lsf")  # the arcs are 2014-08-01's: their jobs write there
+    assert {o.night for o in one.orders if o.stage not in arcs} == {"2014-08-02"}
+    assert {o.night for o in one.orders if o.stage in arcs} == {"2014-08-01"}
+    by_key = {o.job_key: o for o in everything.orders}
+    assert all(by_key[o.job_key] == o for o in one.orders)
 
 
 def test_planning_every_night_at_once_equals_planning_each_night_alone(plan, template, science):
@@ -394,10 +397,11 @@ def test_planning_every_night_at_once_equals_planning_each_night_alone(plan, tem
     nights = sorted({o.night for o in everything.orders})
     assert len(nights) == len(days)
     alone = [plan(frames, nights=[night]) for night in nights]
+    by_key = {o.job_key: o for o in everything.orders}
     for night, p in zip(nights, alone, strict=True):
-        assert p.orders == [o for o in everything.orders if o.night == night]
+        assert all(by_key[o.job_key] == o for o in p.orders)  # a shared job: one place
         assert p.decisions == [d for d in everything.decisions if d.startswith(f"night {night}")]
-    assert sum(len(p.orders) for p in alone) == len(everything.orders)
+    assert {o.job_key for p in alone for o in p.orders} == set(by_key)
     for f in frames:
         assert everything.used.get(f.path, set()) == set().union(
             *(p.used.get(f.path, set()) for p in alone)), f.name
@@ -417,3 +421,33 @@ def test_a_standard_is_science_only_on_a_night_of_its_own_calibrations(template,
     (standard,) = orders(p, "standard")
     assert standard.night == "2014-08-01" and p.status(lonely)[0] != "used"
     assert plan_night(frames, Path("/out"), "2.8.7", nights=["2014-08-01"]).orders == p.orders
+
+
+def test_a_job_shared_by_two_setups_is_read_where_it_is_written(plan, template):
+    """A calibration-only night with flats of two instrument modes: one bias template serves
+    both cascades, so both plan the same bias job (one key).  The plan keeps one order, and
+    every reader must name the directory that order writes, not the one its own setup would
+    have given."""
+    ao = {"INS.MODE": "WFM-AO-N"}
+    p = plan(template(56870.75) + template(56870.8, keys=FLAT)
+             + template(56870.81, keys={**FLAT, **ao}))
+    flats = [o for o in p.orders if o.stage == "flat"]
+    assert len({o.setup for o in flats}) == 2
+    written = {o.job_key: o.product_dir for o in p.orders}
+    for o in p.orders:
+        for f in o.inputs:
+            if f.job_key:
+                assert Path(f.path).parent == Path("/out") / written[f.job_key], (o, f.path)
+
+
+def test_a_job_writes_where_its_own_frames_belong_whichever_night_plans_it(plan, template,
+                                                                           science):
+    """Night 2014-08-01 borrows the biases of 2014-07-29.  Planned with that night or alone,
+    the bias job has one key and so must have one place: the services plan nights apart,
+    and a reader planned later must find what the job wrote when planned first."""
+    bias = template(SCIENCE_MJD - 3.2)
+    borrowed = plan([*bias, *template(56870.8, keys=FLAT), *science()], nights=["2014-08-01"])
+    own = plan(bias, nights=["2014-07-29"])
+    (b1,), (b2,) = orders(borrowed, "bias"), orders(own, "bias")
+    assert b1.job_key == b2.job_key
+    assert b1.product_dir == b2.product_dir
