@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 from astropy.io import fits
+from prometheus_client import REGISTRY
 from sqlalchemy.exc import OperationalError
 
 from musedrp.errors import DataError, Transient
 from musedrp.esorex import RecipeRun
-from musedrp.messages import Envelope, FrameRegistered, InputFile, JobFinished, WorkOrder
+from musedrp.messages import (
+    Envelope,
+    FrameRegistered,
+    InputFile,
+    JobFinished,
+    ProductCreated,
+    WorkOrder,
+)
 from musedrp.planner import plan_night
 from musedrp.registry import Registry
 from musedrp.runner import StageResult
@@ -356,3 +364,36 @@ def test_planning_keeps_a_frame_registered_meanwhile(planner_setup, monkeypatch)
     row = next(r for r in registry.frames() if r.path == science.path)
     assert row.frame["target"] == "re-registered" and row.status == "rejected"
     assert "no wavelength calibration" in row.reason
+
+
+def test_planner_exports_qc_flags_and_bands_judged_against_the_history(tmp_path):
+    """Eight nights of master biases of IFU 1; port 3's read noise jumps on the last: its
+    flag goes up, port 1's stays down, and the band of the headline keys is exported."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    planner = make_planner(registry, [0.0])
+    nights = [f"2014-08-{d:02d}" for d in range(1, 9)]
+    for i, night in enumerate(nights):
+        key = job_key(f"b{i}")
+        registry.record_orders([WorkOrder(
+            stage="bias", recipe="muse_bias", job_key=key, night=night, setup="S", ifu=1,
+            memory_gb=1, timeout_s=60, params={},
+            inputs=(InputFile(tag=Tag.BIAS, path=f"raw/{night}/a.fits"),))])
+        qc = {f"QC BIAS MASTER{p} RON": 2.6 + 0.002 * (i % 3) for p in (1, 2, 3, 4)}
+        qc["QC BIAS MASTER3 RONERR"] = 0.01 + 0.0001 * (i % 3)  # not a headline key
+        if night == nights[-1]:
+            qc["QC BIAS MASTER3 RON"], qc["QC BIAS MASTER3 RONERR"] = 3.3, 0.02
+        planner.handle(Envelope(type="product.created", source="t", payload=ProductCreated(
+            job_key=key, stage="bias", ifu=1, tag=Tag.MASTER_BIAS,
+            key=f"products/{night}/bias/S/{key}/MASTER_BIAS-01.fits", qc=qc)), 1)
+
+    def sample(name, key):
+        return REGISTRY.get_sample_value(name, {"stage": "bias", "key": key, "ifu": "1"})
+
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER3 RON") == 1
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER3 RONERR") == 1
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER1 RON") == 0
+    low, high = (sample(f"musedrp_qc_band_{b}", "QC BIAS MASTER1 RON") for b in ("low", "high"))
+    assert low < 2.6 < high < 3.3
+    assert sample("musedrp_qc_band_low", "QC BIAS MASTER3 RONERR") is None  # not headline
+    (stored,) = [qc for night, *_, qc in registry.qc(since=nights[-1])]
+    assert stored["QC BIAS MASTER3 RON"] == 3.3
