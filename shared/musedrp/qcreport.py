@@ -382,14 +382,29 @@ def trends(jobs: list[Job]) -> str:
              + _png(_trend_figure(stage, key, by_ifu, nights))
              for (stage, key), by_ifu in sorted(series.items())]
     bad = [v for v in judged if v.flagged]
-    rows = [[v.record.night, v.record.stage, f"{v.record.ifu:02d}", v.record.port or "",
-             v.record.key, v.record.value, v.centre, v.spread, round(v.z or 0, 1)] for v in bad]
-    table = (_table(["night", "stage", "IFU", "port", "key", "value", "median", "spread",
-                     "spreads off"], rows, "flagged")
-             if rows else '<p class="ok" id="no-flags">No value left its band.</p>')
-    judged_n = sum(v.judged for v in judged)
     return (rule + f'<p id="qc-counts">{len(nights)} nights, {len(judged)} QC values, '
-            f"{judged_n} judged, {len(bad)} flagged.</p>" + table + "".join(plots))
+            f"{sum(v.judged for v in judged)} judged, {len(bad)} flagged.</p>"
+            + _flagged_tables(bad) + "".join(plots))
+
+
+def _flagged_tables(bad: list[qctrend.Verdict]) -> str:
+    """The flagged values by night, stage, IFU and port (with the furthest off), then all."""
+    if not bad:
+        return '<p class="ok" id="no-flags">No value left its band.</p>'
+    groups: dict[tuple, list[qctrend.Verdict]] = defaultdict(list)
+    for v in bad:
+        groups[(v.record.night, v.record.stage, v.record.ifu, v.record.port or "")].append(v)
+    rows = [[night, stage, f"{ifu:02d}", port, len(vs), worst.record.key, worst.record.value,
+             worst.centre, round(worst.z or 0, 1)]
+            for (night, stage, ifu, port), vs in groups.items()
+            for worst in [max(vs, key=lambda v: abs(v.z or 0))]]
+    every = [[v.record.night, v.record.stage, f"{v.record.ifu:02d}", v.record.port or "",
+              v.record.key, v.record.value, v.centre, v.spread, round(v.z or 0, 1)] for v in bad]
+    return (_table(["night", "stage", "IFU", "port", "keys flagged", "furthest off", "value",
+                    "median", "spreads off"], rows, "flagged")
+            + f"<details><summary>All {len(bad)} flagged values</summary>"
+            + _table(["night", "stage", "IFU", "port", "key", "value", "median", "spread",
+                      "spreads off"], every, "flagged-all") + "</details>")
 
 
 ARCFILE_TIME = re.compile(r"MUSE\.(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})")
