@@ -181,8 +181,8 @@ def cmd_qc(args: argparse.Namespace) -> int:
         raise ConfigError(f"no registry in {args.out_dir}: is it the output of `musedrp "
                           "reduce`? (or give --db)")
     registry = Registry.for_output(args.out_dir, args.db)
-    first, last = args.night or (registry.last_qc_night(),) * 2
-    verdicts = qctrend.from_registry(registry, first or "", last or "")
+    first, last = args.night or (registry.last_qc_night() or "",) * 2
+    verdicts = qctrend.from_registry(registry, first, last) if first else []
     registry.close()
     flagged = [v for v in verdicts if v.flagged]
     judged = sum(v.judged for v in verdicts)
@@ -192,7 +192,8 @@ def cmd_qc(args: argparse.Namespace) -> int:
                           "flagged": [v.as_dict() for v in flagged]}, indent=1))
         return 0
     if not verdicts:
-        print(f"no QC values on nights {first} to {last}")
+        print(f"no QC values on nights {first} to {last}" if first else
+              "no product with QC in the registry")
         return 0
     print(f"nights {first} to {last}: {len(verdicts)} QC values, {judged} judged against their "
           f"history ({len(verdicts) - judged} with fewer than {qctrend.MIN_HISTORY} earlier "
