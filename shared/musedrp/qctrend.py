@@ -16,6 +16,7 @@ fixed limits (MUSE.md §11).  This module is the one rule, used by ``musedrp rep
   (c) ``REL_FLOOR`` x |centre|: changes below 1 % are never news,
   (d) 1 for counts (a baseline of integers): a count moves by whole units,
   (e) the ``FLOORS`` of keys set by a few integer pixels.
+  Keys whose sign is noise (``MAGNITUDE``) are judged by their magnitude.
 - A value is **flagged** when |value - centre| > ``K`` x spread.  A flagged value does not
   enter the baseline, so a lasting step stays flagged instead of becoming the new normal
   (until the instrument returns to it).
@@ -40,6 +41,10 @@ K = 6.0  # flag beyond K spreads
 REL_FLOOR = 0.01  # spread floor, relative to the centre
 # Keys set by a few pixels of integer frames move in steps of a fraction of an adu (a master
 # of 3 biases: 1/3 adu) whatever their history shows: their spread is at least this (in adu).
+# Signed extremes whose sign is noise: the trace's steepest slope in a slice that is nearly
+# straight comes out +0.0008 one night and -0.0008 the next.  They are judged (and shown) by
+# their magnitude.
+MAGNITUDE = re.compile(r"QC TRACE SLICE\d+ MAXSLOPE")
 FLOORS = ((re.compile(r"QC BIAS MASTER\d (MEDIAN|MIN|MAX)"), 0.5),
           (re.compile(r"QC BIAS LEVEL\d STDEV"), 0.5))
 MAD_SIGMA = 1.4826  # MAD -> sigma for a Gaussian
@@ -121,9 +126,10 @@ class Verdict:
 
 def records(night: str, stage: str, setup: str, ifu: int | None, tag: str,
             qc: dict[str, Any]) -> Iterator[Record]:
-    """The numeric QC values of one product."""
+    """The numeric QC values of one product (of ``MAGNITUDE`` keys, the magnitude)."""
     for key, value in qc.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
+            value = abs(value) if MAGNITUDE.fullmatch(key) else value
             yield Record(night, stage, str(tag), setup, ifu or 0, key, float(value))
 
 

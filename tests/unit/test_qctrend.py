@@ -103,8 +103,10 @@ def test_verdicts_read_only_the_lookback_before_the_first_night():
 def test_records_keep_numbers_and_name_the_port():
     rs = list(records("2014-08-01", "bias", "S", 2, "MASTER_BIAS", {
         "QC BIAS MASTER3 RON": 2.7, "QC BIAS LEVEL2 MEAN": 1000, "QC BIAS INPUT3 NSATURATED": 0,
-        "QC BIAS MASTER NBADPIX": 5, "QC NAME": "text", "QC FLAG": True}))
+        "QC BIAS MASTER NBADPIX": 5, "QC NAME": "text", "QC FLAG": True,
+        "QC TRACE SLICE7 MAXSLOPE": -0.0008}))
     assert {r.key: r.port for r in rs} == {
         "QC BIAS MASTER3 RON": 3, "QC BIAS LEVEL2 MEAN": 2, "QC BIAS INPUT3 NSATURATED": None,
-        "QC BIAS MASTER NBADPIX": None}
+        "QC BIAS MASTER NBADPIX": None, "QC TRACE SLICE7 MAXSLOPE": None}
+    assert {r.key: r.value for r in rs}["QC TRACE SLICE7 MAXSLOPE"] == 0.0008  # its magnitude
     assert {(r.tag, r.ifu) for r in rs} == {("MASTER_BIAS", 2)}
