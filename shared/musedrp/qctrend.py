@@ -39,12 +39,12 @@ WINDOW = 15  # nights of baseline
 MIN_HISTORY = 5  # values needed before a value is judged
 K = 6.0  # flag beyond K spreads
 REL_FLOOR = 0.01  # spread floor, relative to the centre
-# Keys set by a few pixels of integer frames move in steps of a fraction of an adu (a master
-# of 3 biases: 1/3 adu) whatever their history shows: their spread is at least this (in adu).
 # Signed extremes whose sign is noise: the trace's steepest slope in a slice that is nearly
 # straight comes out +0.0008 one night and -0.0008 the next.  They are judged (and shown) by
 # their magnitude.
 MAGNITUDE = re.compile(r"QC TRACE SLICE\d+ MAXSLOPE")
+# Keys set by a few pixels of integer frames move in steps of a fraction of an adu (a master
+# of 3 biases: 1/3 adu) whatever their history shows: their spread is at least this (in adu).
 FLOORS = ((re.compile(r"QC BIAS MASTER\d (MEDIAN|MIN|MAX)"), 0.5),
           (re.compile(r"QC BIAS LEVEL\d STDEV"), 0.5))
 MAD_SIGMA = 1.4826  # MAD -> sigma for a Gaussian
