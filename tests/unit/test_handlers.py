@@ -53,7 +53,8 @@ def fake_compute(calls: list, fail: bool = False):
         run = RecipeRun(recipe=order.recipe, command=[], returncode=0, wall_s=1.5,
                         cpu_user_s=1.0, cpu_sys_s=0.2, peak_rss_bytes=10**9, cpus=list(cpus),
                         omp_num_threads=1, timed_out=False)
-        return StageResult(products={name: workdir / name}, qc={name: {}}, run=run)
+        qc = {"QC BIAS MASTER1 RON": 2.6, "QC BIAS MASTER1 RONERR": 0.01}
+        return StageResult(products={name: workdir / name}, qc={name: qc}, run=run)
     return compute
 
 
@@ -85,6 +86,9 @@ def test_worker_runs_once_and_answers_duplicates_from_the_manifest(worker):
     assert [(e.type, getattr(e.payload, "outcome", None)) for e in first] == [
         ("job.finished", "succeeded"), ("product.created", None)]
     assert second[0].payload.outcome == "cached"
+    assert first[1].payload.qc == second[1].payload.qc == {  # every keyword, for the registry
+        "QC BIAS MASTER1 RON": 2.6, "QC BIAS MASTER1 RONERR": 0.01}
+    assert first[0].payload.qc == {"QC BIAS MASTER1 RON": 2.6}  # the spec's headline
     assert first[0].payload.products == second[0].payload.products == {
         "MASTER_BIAS-01.fits": f"{DIR}/MASTER_BIAS-01.fits"}
     manifest = worker.store.get_json(f"{DIR}/manifest.json")
