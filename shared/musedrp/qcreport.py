@@ -150,7 +150,7 @@ def _marked(jobs: list[Job]) -> Callable[[Job, str, Any], Any]:
 
 def _of(jobs: list[Job], stage: str) -> list[Job]:
     return sorted((j for j in jobs if j.order["stage"] == stage and j.state == "succeeded"),
-                  key=lambda j: j.order.get("ifu") or 0)
+                  key=lambda j: (j.order.get("ifu") or 0, j.order["night"]))
 
 
 def summary(plan: dict, jobs: list[Job]) -> str:
@@ -207,7 +207,7 @@ def detectors(jobs: list[Job]) -> str:
     fig, ax = plt.subplots(figsize=(7, 3))
     for p in range(4):
         ax.plot(list(ron), [v[p] for v in ron.values()], "o", label=f"port {p + 1}")
-    ax.set_xlabel("IFU")
+    ax.set_xlabel("IFU (the last night of each)")
     ax.set_ylabel("read noise [e-]")
     ax.set_xticks(list(ron))
     ax.legend(fontsize=8, ncol=4)
