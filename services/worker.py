@@ -124,7 +124,8 @@ class StageWorker(Handler):
             peak_rss_bytes=run.get("peak_rss_bytes"), cpus=tuple(run.get("cpus", ())),
             attempt=attempt)
         created = [ProductCreated(job_key=order.job_key, stage=order.stage, ifu=order.ifu,
-                                  tag=product_tag(Path(name)), key=key)
+                                  tag=product_tag(Path(name)), key=key,
+                                  qc=manifest.get("qc", {}).get(name, {}))
                    for name, key in keys.items()]
         return [env.reply("job.finished", self.source, finished),
                 *(env.reply("product.created", self.source, c) for c in created)]

@@ -22,15 +22,15 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
-from musedrp import esorex, metrics, service
+from musedrp import esorex, metrics, qctrend, service
 from musedrp.broker import Handler
 from musedrp.errors import DataError, NoWork
-from musedrp.messages import Envelope, WorkOrder, night_correlation
+from musedrp.messages import Envelope, ProductCreated, WorkOrder, night_correlation
 from musedrp.planner import SEARCH_DAYS, plan_night
 from musedrp.registry import OK_STATES, Registry, unavailable_is_transient
 from musedrp.settings import Settings
 from musedrp.tags import STATIC_TAGS
-from musedrp.topology import work_key
+from musedrp.topology import BY_NAME, work_key
 
 FAILED_STATES = ("failed", "skipped", "blocked")
 WAITING = ("planned", "blocked")  # the jobs issue() may publish or block
@@ -87,6 +87,7 @@ class Planner(Handler):
         self.due = {ALL}  # jobs to look at: just planned
         self.finished: set[str] = set()  # jobs whose dependents may now run (or be blocked)
         self.planning: tuple[set[str], Future[list[str]]] | None = None  # touched, result
+        self.flag_exported: set[tuple[str, str, str]] = set()  # QC_FLAGGED labels set
 
     def handle(self, env: Envelope, attempt: int) -> list[Envelope]:
         p = env.payload
@@ -107,8 +108,34 @@ class Planner(Handler):
                                             p.peak_rss_bytes)
                 self.finished.add(p.job_key)
             elif env.type == "product.created":
-                self.registry.record_products(p.job_key, p.ifu, [(p.key, p.tag, {})])
+                self.registry.record_products(p.job_key, p.ifu, [(p.key, p.tag, p.qc)])
+                if p.qc:
+                    self.export_qc(p)
         return []
+
+    def export_qc(self, p: ProductCreated) -> None:
+        """Judge the product's QC against its history (``musedrp.qctrend``, the rule of the
+        report and of ``musedrp qc``) and export the verdicts: flag and band of the spec's
+        headline keys, and the flag of any other key once it has been flagged."""
+        job = self.registry.job(p.job_key)
+        if job is None:
+            return
+        spec = BY_NAME[job.stage].spec
+        for v in qctrend.from_registry(self.registry, job.night, job.night, job.stage,
+                                       p.ifu or 0):
+            r = v.record
+            if (r.tag, r.ifu, r.setup) != (p.tag, p.ifu or 0, job.setup) or v.band is None:
+                continue
+            labels = (r.stage, r.key, str(r.ifu))
+            if spec.headline_qc(p.tag, {r.key: r.value}):
+                metrics.QC_BAND_LOW.labels(*labels).set(v.band[0])
+                metrics.QC_BAND_HIGH.labels(*labels).set(v.band[1])
+            elif not (v.flagged or labels in self.flag_exported):
+                continue
+            metrics.QC_FLAGGED.labels(*labels).set(int(v.flagged))
+            self.flag_exported.add(labels)
+            if v.flagged:
+                self.log.warning("QC flagged: %s", v)
 
     def idle(self, publish: Callable[[Envelope], None]) -> None:
         """Collect a finished planning, start the next one once frames stop arriving (one at

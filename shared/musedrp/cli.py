@@ -164,6 +164,45 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_nights(text: str) -> tuple[str, str]:
+    """``2014-08-03`` or ``2014-08-01:2014-08-10`` -> (first, last)."""
+    first, _, last = text.partition(":")
+    try:
+        return date.fromisoformat(first).isoformat(), date.fromisoformat(last or first).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a night or range: {text!r} (e.g. 2014-08-03 or 2014-08-01:2014-08-10)") from None
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    from musedrp import qctrend
+
+    if args.db is None and not (args.out_dir / "registry.sqlite").exists():
+        raise ConfigError(f"no registry in {args.out_dir}: is it the output of `musedrp "
+                          "reduce`? (or give --db)")
+    registry = Registry.for_output(args.out_dir, args.db)
+    first, last = args.night or (registry.last_qc_night() or "",) * 2
+    verdicts = qctrend.from_registry(registry, first, last) if first else []
+    registry.close()
+    flagged = [v for v in verdicts if v.flagged]
+    judged = sum(v.judged for v in verdicts)
+    if args.json:
+        print(json.dumps({"first": first, "last": last, "values": len(verdicts),
+                          "judged": judged, "rule": qctrend.RULE,
+                          "flagged": [v.as_dict() for v in flagged]}, indent=1))
+        return 0
+    if not verdicts:
+        print(f"no QC values on nights {first} to {last}" if first else
+              "no product with QC in the registry")
+        return 0
+    print(f"nights {first} to {last}: {len(verdicts)} QC values, {judged} judged against their "
+          f"history ({len(verdicts) - judged} with fewer than {qctrend.MIN_HISTORY} earlier "
+          f"nights), {len(flagged)} flagged")
+    for v in flagged:
+        print(f"  {v}")
+    return 0
+
+
 def cmd_service(args: argparse.Namespace) -> int:
     from musedrp.serve import SERVICES
 
@@ -290,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("out_dir", type=Path, help="the output directory of `musedrp reduce`")
     c.add_argument("--html", type=Path, default=None, help="default OUT_DIR/report.html")
     c.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("qc", help="QC values that left the band of their own history",
+                       description="Every QC value of every product judged against the same "
+                                   "key, IFU and port on earlier nights (rule: docs/qc.md); "
+                                   "prints the flagged ones.")
+    c.add_argument("out_dir", type=Path, nargs="?", default=Path("reduced"),
+                   help="the output directory of `musedrp reduce` (default ./reduced)")
+    c.add_argument("--db", default=None, help="registry URL (default OUT_DIR/registry.sqlite)")
+    c.add_argument("--night", type=parse_nights, default=None,
+                   help="a night or FIRST:LAST (default: the last night with products)")
+    c.add_argument("--json", action="store_true", help="print the verdicts as data")
+    c.set_defaults(func=cmd_qc)
 
     from musedrp.serve import SERVICES
 

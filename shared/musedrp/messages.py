@@ -160,6 +160,7 @@ class ProductCreated(Payload):
     ifu: Ifu | None
     tag: Tag
     key: ObjectKey
+    qc: dict[str, Any] = {}  # every QC keyword of the product, for the registry
 
     def __str__(self) -> str:
         return self.key

@@ -28,6 +28,14 @@ DEAD_LETTERS = Counter("musedrp_dead_letters_total", "Messages dead-lettered, by
                        ["queue", "cause"])
 QC_VALUE = Gauge("musedrp_qc_value", "Headline QC values of the last product",
                  ["stage", "key", "ifu"])
+QC_FLAGGED = Gauge("musedrp_qc_flagged",
+                   "1 when the last value of a QC key left the band of its own history "
+                   "(musedrp.qctrend); headline keys always, other keys once flagged",
+                   ["stage", "key", "ifu"])
+QC_BAND_LOW = Gauge("musedrp_qc_band_low", "Lower edge of a headline QC key's band",
+                    ["stage", "key", "ifu"])
+QC_BAND_HIGH = Gauge("musedrp_qc_band_high", "Upper edge of a headline QC key's band",
+                     ["stage", "key", "ifu"])
 FRAMES = Counter("musedrp_frames_total", "Frames ingested, by tag and status",
                  ["tag", "status"])
 HEADER_BYTES = Counter("musedrp_ingest_header_bytes_total",

@@ -11,6 +11,8 @@ import html
 import io
 import json
 import re
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,9 +21,12 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
-from musedrp import qcplot
+from musedrp import qcplot, qctrend
 from musedrp.messages import WorkOrder
 from musedrp.provenance import ERROR_FILE, MANIFEST
+from musedrp.stages import product_tag
+from musedrp.tags import Tag
+from musedrp.topology import BY_NAME
 
 plt = qcplot.plt  # the Agg backend, chosen once
 STYLE = """
@@ -35,6 +40,7 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; font-size: 0.8em; }
 img { max-width: 100%; border: 1px solid #eee; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 0.5em 1em; }
 .grid h3 { font-size: 0.9em; margin: 0.5em 0 0.2em; }
+td.flagged { background: #fbd5d5; color: #b00020; font-weight: bold; }
 """
 
 
@@ -92,8 +98,20 @@ def _img(data: bytes, alt: str) -> str:
             f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
 
 
+@dataclass(frozen=True)
+class Flagged:
+    """A table cell holding a value that left the band of its history."""
+
+    value: float
+    verdict: qctrend.Verdict
+
+
 def _table(header: list[str], rows: list[list[Any]], cls: str = "") -> str:
     def cell(v: Any) -> str:
+        if isinstance(v, Flagged):
+            note = html.escape(f"flagged: {v.verdict.z:+.1f} spreads from the median "
+                               f"{v.verdict.centre:.5g} of {v.verdict.n} nights")
+            return f'<td class="num flagged" title="{note}">{v.value:.4g}</td>'
         if isinstance(v, float):
             return f'<td class="num">{v:.4g}</td>'
         if isinstance(v, int):
@@ -109,9 +127,30 @@ def _qc(job: Job, prefix: str) -> dict[str, Any]:
     return next((v for n, v in job.manifest.get("qc", {}).items() if n.startswith(prefix)), {})
 
 
+def verdicts(jobs: list[Job]) -> list[qctrend.Verdict]:
+    """Every QC value of the reduction judged against its history (``musedrp.qctrend``)."""
+    return qctrend.verdicts(
+        r for j in jobs if j.state == "succeeded"
+        for name, qc in j.manifest.get("qc", {}).items()
+        for r in qctrend.records(j.order["night"], j.order["stage"], j.order["setup"],
+                                 j.order.get("ifu"), product_tag(Path(name)), qc))
+
+
+def _marked(jobs: list[Job]) -> Callable[[Job, str, Any], Any]:
+    """``mark(job, key, value)``: the value, or a Flagged cell if it left its band."""
+    flagged = {(v.record.night, v.record.stage, v.record.ifu, v.record.key): v
+               for v in verdicts(jobs) if v.flagged}
+
+    def mark(job: Job, key: str, value: Any) -> Any:
+        o = job.order
+        v = flagged.get((o["night"], o["stage"], o.get("ifu") or 0, key))
+        return Flagged(value, v) if v is not None else value
+    return mark
+
+
 def _of(jobs: list[Job], stage: str) -> list[Job]:
     return sorted((j for j in jobs if j.order["stage"] == stage and j.state == "succeeded"),
-                  key=lambda j: j.order.get("ifu") or 0)
+                  key=lambda j: (j.order.get("ifu") or 0, j.order["night"]))
 
 
 def summary(plan: dict, jobs: list[Job]) -> str:
@@ -148,29 +187,36 @@ def failures(jobs: list[Job]) -> str:
 
 
 def detectors(jobs: list[Job]) -> str:
-    """Read noise and bias level per IFU and port; flat level and trace widths."""
-    rows, ron = [], {}
-    flats = {j.order["ifu"]: _qc(j, "MASTER_FLAT") | _qc(j, "TRACE_TABLE")
-             for j in _of(jobs, "flat")}
+    """Read noise and bias level per IFU and port; flat level and trace widths; values that
+    left the band of their history are marked."""
+    rows, ron, mark = [], {}, _marked(jobs)
+    flats = {(j.order["night"], j.order["ifu"]): j for j in _of(jobs, "flat")}
     for j in _of(jobs, "bias"):
-        qc, ifu = _qc(j, "MASTER_BIAS"), j.order["ifu"]
+        qc, ifu, night = _qc(j, "MASTER_BIAS"), j.order["ifu"], j.order["night"]
         ron[ifu] = [qc.get(f"QC BIAS MASTER{p} RON", np.nan) for p in range(1, 5)]
-        levels = [qc.get(f"QC BIAS LEVEL{p} MEAN", np.nan) for p in range(1, 5)]
-        flat = flats.get(ifu, {})
-        rows.append([f"{ifu:02d}", *ron[ifu], *levels,
-                     flat.get("QC FLAT MASTER MEDIAN", ""), flat.get("QC TRACE WIDTHS MEDIAN", "")])
+        cells = [mark(j, k, qc.get(k, np.nan)) for k in
+                 [f"QC BIAS MASTER{p} RON" for p in range(1, 5)]
+                 + [f"QC BIAS LEVEL{p} MEAN" for p in range(1, 5)]]
+        flat = flats.get((night, ifu))
+        fqc = (_qc(flat, "MASTER_FLAT") | _qc(flat, "TRACE_TABLE")) if flat else {}
+        cells += [mark(flat, k, fqc[k]) if flat and k in fqc else ""
+                  for k in ("QC FLAT MASTER MEDIAN", "QC TRACE WIDTHS MEDIAN")]
+        rows.append([f"{ifu:02d}", *cells, night])
     if not rows:
         return "<p>No master bias was made.</p>"
     fig, ax = plt.subplots(figsize=(7, 3))
     for p in range(4):
         ax.plot(list(ron), [v[p] for v in ron.values()], "o", label=f"port {p + 1}")
-    ax.set_xlabel("IFU")
+    ax.set_xlabel("IFU (the last night of each)")
     ax.set_ylabel("read noise [e-]")
     ax.set_xticks(list(ron))
     ax.legend(fontsize=8, ncol=4)
     header = ["IFU", *(f"RON {p} [e-]" for p in range(1, 5)),
-              *(f"bias level {p} [adu]" for p in range(1, 5)), "flat median", "trace width"]
-    return _table(header, rows, "detectors") + _png(fig)
+              *(f"bias level {p} [adu]" for p in range(1, 5)), "flat median", "trace width",
+              "night"]
+    return (_table(header, rows, "detectors") + _png(fig)
+            + "<p>Marked: a value that left the band of its own history (section QC over "
+              "nights).</p>")
 
 
 def thumbnails(jobs: list[Job]) -> str:
@@ -281,12 +327,139 @@ def timings(jobs: list[Job]) -> str:
                                 "estimate [GB]", "warnings"], rows, "jobs"))
 
 
+def _headline(v: qctrend.Verdict) -> bool:
+    r = v.record
+    return bool(BY_NAME[r.stage].spec.headline_qc(Tag(r.tag), {r.key: r.value}))
+
+
+def _trend_figure(stage: str, key: str, series: dict[int, list[qctrend.Verdict]],
+                  nights: list[str]):
+    """One panel per IFU: the values over nights, the band they were judged against, the
+    flagged ones as red crosses."""
+    cols = min(len(series), 4)
+    rows = -(-len(series) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.6, 2.2 * rows + 0.6),
+                             sharex=True, squeeze=False)
+    x = {n: i for i, n in enumerate(nights)}
+    for ax, (ifu, vs) in zip(axes.flat, sorted(series.items()), strict=False):
+        ax.plot([x[v.record.night] for v in vs], [v.record.value for v in vs], "o-", ms=3,
+                lw=0.8, color="tab:blue")
+        if bands := [(x[v.record.night], *v.band) for v in vs if v.band is not None]:
+            at, low, high = zip(*bands, strict=True)
+            ax.fill_between(at, low, high, step="mid", color="tab:green", alpha=0.2, lw=0)
+        if bad := [v for v in vs if v.flagged]:
+            ax.plot([x[v.record.night] for v in bad], [v.record.value for v in bad], "x",
+                    color="tab:red", ms=9, mew=2)
+        ax.set_title(f"IFU {ifu:02d}" if ifu else "all IFUs", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(series):]:
+        ax.set_visible(False)
+    step = max(1, len(nights) // 6)
+    for ax in axes[-1]:
+        ax.set_xticks(range(0, len(nights), step), [n[5:] for n in nights[::step]])
+    fig.suptitle(f"{stage}: {key}", fontsize=9)
+    return fig
+
+
+def trends(jobs: list[Job]) -> str:
+    """QC over nights: each headline QC key per IFU against the band of its own history,
+    and every flagged value of any key (``musedrp.qctrend``)."""
+    judged = verdicts(jobs)
+    nights = sorted({v.record.night for v in judged})
+    rule = (f"<p>Each value is judged against the same key, IFU and port on up to "
+            f"{qctrend.WINDOW} earlier nights (at least {qctrend.MIN_HISTORY}): flagged beyond "
+            f"{qctrend.K:g} spreads from their median (spread: 1.4826 MAD, at least the key's "
+            f"pooled spread over its ports and slices and {qctrend.REL_FLOOR:.1%} of the "
+            "median; rule in docs/qc.md). Green: the band; red crosses: flagged.</p>")
+    if len(nights) < 2:
+        return rule + f"<p>Nights: {', '.join(nights) or 'none'}; nothing to compare yet.</p>"
+    series: dict[tuple[str, str], dict[int, list[qctrend.Verdict]]] = defaultdict(
+        lambda: defaultdict(list))
+    for v in judged:
+        if _headline(v):
+            series[(v.record.stage, v.record.key)][v.record.ifu].append(v)
+    plots = [f"<h3>{html.escape(stage)}: {html.escape(key)}</h3>"
+             + _png(_trend_figure(stage, key, by_ifu, nights))
+             for (stage, key), by_ifu in sorted(series.items())]
+    bad = [v for v in judged if v.flagged]
+    return (rule + f'<p id="qc-counts">{len(nights)} nights, {len(judged)} QC values, '
+            f"{sum(v.judged for v in judged)} judged, {len(bad)} flagged.</p>"
+            + _flagged_tables(bad) + "".join(plots))
+
+
+def _flagged_tables(bad: list[qctrend.Verdict]) -> str:
+    """The flagged values by night, stage, IFU and port (with the furthest off), then all."""
+    if not bad:
+        return '<p class="ok" id="no-flags">No value left its band.</p>'
+    groups: dict[tuple, list[qctrend.Verdict]] = defaultdict(list)
+    for v in bad:
+        groups[(v.record.night, v.record.stage, v.record.ifu, v.record.port or "")].append(v)
+    rows = [[night, stage, f"{ifu:02d}", port, len(vs), worst.record.key, worst.record.value,
+             worst.centre, round(worst.z or 0, 1)]
+            for (night, stage, ifu, port), vs in groups.items()
+            for worst in [max(vs, key=lambda v: abs(v.z or 0))]]
+    every = [[v.record.night, v.record.stage, f"{v.record.ifu:02d}", v.record.port or "",
+              v.record.key, v.record.value, v.centre, v.spread, round(v.z or 0, 1)] for v in bad]
+    return (_table(["night", "stage", "IFU", "port", "keys flagged", "furthest off", "value",
+                    "median", "spreads off"], rows, "flagged")
+            + f"<details><summary>All {len(bad)} flagged values</summary>"
+            + _table(["night", "stage", "IFU", "port", "key", "value", "median", "spread",
+                      "spreads off"], every, "flagged-all") + "</details>")
+
+
+ARCFILE_TIME = re.compile(r"MUSE\.(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3})")
+
+
+def _taken(path: str) -> datetime | None:
+    """When a raw frame was taken, from its ARCFILE name (MUSE.<UT start>.fits)."""
+    m = ARCFILE_TIME.search(Path(path).name)
+    return datetime.fromisoformat(m[1]) if m else None
+
+
+def scores(jobs: list[Job]) -> str:
+    """ESO's archive score per science exposure (MUSE.md §11): arc within 1.5 days,
+    twilight flat used, SKY present, alignment better than 0.2 arcsec."""
+    by_key = {j.order["job_key"]: j for j in jobs}
+    exposures: dict[str, list[Job]] = defaultdict(list)
+    for j in jobs:
+        if j.order["stage"] == "scibasic":
+            for i in j.order["inputs"]:
+                if i["tag"] in ("OBJECT", "SKY"):
+                    exposures[i["path"]].append(j)
+    sky_nights = {j.order["night"] for path, js in exposures.items() for j in js
+                  if any(i["tag"] == "SKY" for i in j.order["inputs"])}
+    rows = []
+    for path, js in sorted(exposures.items()):
+        first = js[0].order
+        if not any(i["tag"] == "OBJECT" for i in first["inputs"]):
+            continue
+        t = _taken(path)
+        arcs = [a for k in first["needs"] if k in by_key and by_key[k].order["stage"] == "wavecal"
+                for i in by_key[k].order["inputs"] if i["tag"] == "ARC"
+                if (a := _taken(i["path"])) is not None]
+        gap = (max(abs((a - t).total_seconds()) for a in arcs) / 86400
+               if arcs and t else None)
+        arc = "unknown" if gap is None else f"{'yes' if gap <= 1.5 else 'NO'} ({gap:.2f} d)"
+        twilight = any(i["tag"] == "TWILIGHT_CUBE" for j in js for i in j.order["inputs"])
+        sky = first["night"] in sky_nights
+        rows.append([Path(path).name, arc, "yes" if twilight else "NO",
+                     "yes" if sky else "NO", "not measured"])
+    if not rows:
+        return "<p>No science exposure.</p>"
+    return ("<p>ESO's archive reprocessing scores every product on these criteria; alignment "
+            "between exposures is not measured by musedrp yet.</p>"
+            + _table(["exposure", "arc within 1.5 days", "twilight flat used", "SKY present",
+                      "alignment better than 0.2 arcsec"], rows, "scores"))
+
+
 SECTIONS = (("Failures", lambda p, j: failures(j)),
             ("Detectors: read noise and bias level", lambda p, j: detectors(j)),
+            ("Exposures: ESO score", lambda p, j: scores(j)),
             ("Master bias and flat, traced slice edges", lambda p, j: thumbnails(j)),
             ("Wavelength solution", lambda p, j: wavelength(j)),
             ("Standard star response", lambda p, j: standard(j)),
             ("Final cube: white-light image", lambda p, j: white_light(j)),
+            ("QC over nights", lambda p, j: trends(j)),
             ("Job timings and memory", lambda p, j: timings(j)),
             ("Association decisions", lambda p, j: decisions(p)))
 

@@ -17,6 +17,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     false,
+    func,
     insert,
     inspect,
     or_,
@@ -299,6 +300,34 @@ class Registry:
             if tag:
                 q = q.where(ProductRow.tag == tag)
             return list(s.scalars(q))
+
+    def qc(self, stage: str | None = None, ifu: int | None = None, since: str | None = None,
+           until: str | None = None) -> list[tuple[str, str, str, int | None, str, dict]]:
+        """(night, stage, setup, IFU, product tag, QC) of every product with QC, in night
+        order (of one stage, IFU (0: of all IFUs), between two nights, if given): what QC
+        trending reads."""
+        q = (select(JobRow.night, JobRow.stage, JobRow.setup, ProductRow.ifu, ProductRow.tag,
+                    ProductRow.qc, ProductRow.job_key, ProductRow.path)
+             .join(JobRow, ProductRow.job_key == JobRow.key)
+             .order_by(JobRow.night, ProductRow.path))
+        if stage is not None:
+            q = q.where(JobRow.stage == stage)
+        if ifu is not None:
+            q = q.where(ProductRow.ifu == ifu if ifu else ProductRow.ifu.is_(None))
+        if since is not None:
+            q = q.where(JobRow.night >= since)
+        if until is not None:
+            q = q.where(JobRow.night <= until)
+        with Session(self.engine) as s:
+            rows = {(job, Path(path).name): (night, stage_, setup, ifu, tag, qc)
+                    for night, stage_, setup, ifu, tag, qc, job, path in s.execute(q) if qc}
+        return list(rows.values())  # one row per product of a job, wherever it was recorded
+
+    def last_qc_night(self) -> str | None:
+        """The last night with a product, or None."""
+        q = select(func.max(JobRow.night)).join(ProductRow, ProductRow.job_key == JobRow.key)
+        with Session(self.engine) as s:
+            return s.scalar(q)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -11,12 +11,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from musedrp.registry import ensure_database
+from musedrp.simulate.history import Drift, simulate_history
 from musedrp.simulate.night import Truth, simulate_night
 
 from ..conftest import PG_ADMIN_URL
@@ -60,6 +62,26 @@ def reduced(night, workspace):
     proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
                            str(out)], capture_output=True, text=True, timeout=3600, check=False)
     return proc.returncode, out, proc.stdout + proc.stderr
+
+
+# The monitoring history: ten nights of IFU 1 (3 biases, 3 flats each); port 3's read noise
+# 1.25 times nominal from the 7th night on, the IFU's throughput 0.85 times from the 8th.
+HISTORY_NIGHTS = 10
+DRIFTS = (Drift("ron", IFU, 1.25, date(2014, 8, 7), port=3),
+          Drift("throughput", IFU, 0.85, date(2014, 8, 8)))
+
+
+@pytest.fixture(scope="session")
+def history(workspace: Path) -> Path:
+    """The monitoring history simulated and reduced once (``musedrp reduce`` over all its
+    nights): the output directory."""
+    raw, out = workspace / "history-raw", workspace / "history"
+    if not (raw / "history.json").exists():
+        simulate_history(raw, date(2014, 8, 1), HISTORY_NIGHTS, [IFU], DRIFTS)
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
+                           str(out)], capture_output=True, text=True, timeout=3600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
 
 
 def products(out: Path, stage: str, name: str = "*.fits") -> list[Path]:

@@ -86,6 +86,26 @@ def test_read_noise_table_matches_the_master_biases(page):
                                        for p in range(1, 5)], rel=1e-3)
 
 
+def test_each_exposure_gets_its_eso_score(page):
+    browser, out = page
+    rows = section(browser, "exposures-eso-score").find_elements(By.CSS_SELECTOR,
+                                                                 "table.scores tr")[1:]
+    cells = [[c.text for c in r.find_elements(By.TAG_NAME, "td")] for r in rows]
+    plan = json.loads((out / "plan.json").read_text())
+    assert sorted(c[0] for c in cells) == sorted(
+        f["name"] for f in plan["frames"] if f["tag"] == "OBJECT" and f["status"] == "used")
+    for name, arc, *rest in cells:
+        assert arc.startswith("yes (") and float(arc[5:].split()[0]) < 1.5, (name, arc)
+        assert rest == ["yes", "NO", "not measured"]  # twilight used; no SKY reduced
+
+
+def test_a_single_night_has_no_trend_yet(page):
+    browser, _ = page
+    trends = section(browser, "qc-over-nights")
+    assert "nothing to compare yet" in trends.text
+    assert trends.find_elements(By.TAG_NAME, "img") == []
+
+
 def test_wavelength_rms_is_shown_per_ifu(page):
     browser, _ = page
     rows = section(browser, "wavelength-solution").find_elements(
@@ -120,3 +140,58 @@ def test_job_table_has_every_job_with_its_memory(page):
     peak = max(json.loads(m.read_text())["run"]["peak_rss_bytes"] for m in manifests) / 1e9
     shown = max(float(r.find_elements(By.TAG_NAME, "td")[5].text) for r in rows)
     assert shown == pytest.approx(peak, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def history_page(history, browser, workspace):
+    """The report of the monitoring history (conftest ``history``: ten nights, two drifts)."""
+    html = workspace / "history-report.html"
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "report", str(history),
+                           "--html", str(html)], capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    browser.get(html.as_uri())
+    qc = subprocess.run([sys.executable, "-m", "musedrp.cli", "qc", str(history), "--night",
+                         "2014-08-01:2014-08-10", "--json"], capture_output=True, text=True,
+                        timeout=300, check=True)
+    return browser, json.loads(qc.stdout)
+
+
+def test_trend_page_plots_every_headline_key_and_every_plot_decodes(history_page):
+    browser, _ = history_page
+    trends = section(browser, "qc-over-nights")
+    titles = [h.text for h in trends.find_elements(By.TAG_NAME, "h3")]
+    images = browser.execute_script(
+        "return [...document.querySelectorAll('#qc-over-nights img')].map(i => [i.complete, "
+        "i.naturalWidth, i.src.slice(0, 21)])")
+    assert len(images) == len(titles) > 0
+    assert all(c and w > 0 and src == "data:image/png;base64" for c, w, src in images)
+    assert {"bias: QC BIAS MASTER3 RON", "flat: QC FLAT MASTER INTFLUX",
+            "flat: QC TRACE WIDTHS MEDIAN"} <= set(titles)
+    every = browser.execute_script(
+        "return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+    assert all(every)
+
+
+def test_trend_page_flags_what_musedrp_qc_flags(history_page):
+    browser, qc = history_page
+    rows = section(browser, "qc-over-nights").find_elements(By.CSS_SELECTOR,
+                                                             "table.flagged tr")[1:]
+    shown = {tuple(c.text for c in r.find_elements(By.TAG_NAME, "td")[:5]) for r in rows}
+    groups: dict[tuple, int] = {}
+    for v in qc["flagged"]:
+        g = (v["night"], v["stage"], f"{v['ifu']:02d}", str(v["port"] or ""))
+        groups[g] = groups.get(g, 0) + 1
+    assert shown == {(*g, str(n)) for g, n in groups.items()}
+
+
+def test_night_tables_mark_the_flagged_values(history_page):
+    browser, _ = history_page
+    rows = section(browser, "detectors-read-noise-and-bias-level").find_elements(
+        By.CSS_SELECTOR, "table.detectors tr")[1:]
+    marked = {(r.find_elements(By.TAG_NAME, "td")[-1].text, i)
+              for r in rows for i, c in enumerate(r.find_elements(By.TAG_NAME, "td"))
+              if "flagged" in c.get_attribute("class")}
+    nights = [f"2014-08-{d:02d}" for d in range(1, 11)]
+    assert marked == ({(n, 3) for n in nights[6:]}  # RON of port 3 from the 7th night
+                      | {(n, 9) for n in nights[7:]})  # flat median from the 8th

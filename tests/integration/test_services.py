@@ -249,6 +249,29 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
     finished = [e for e in events.seen if e.type == "job.finished"]
     assert len({e.correlation_id for e in finished}) == 1  # one night, one reduction
 
+    # every QC keyword of each product reached the registry (for QC trending), as in reduce
+    for stage, name in (("bias", f"MASTER_BIAS-{IFU:02d}.fits"),
+                        ("flat", f"MASTER_FLAT-{IFU:02d}.fits")):
+        (ref,) = [p.parent / "manifest.json" for p in products(out, stage, name)
+                  if p.parent.name == jobs[stage].key]
+        assert recorded_qc(infra, stage, name.split("-")[0]) == json.loads(
+            ref.read_text())["qc"][name]
+
+
+def recorded_qc(infra, stage: str, tag: str, timeout_s: float = 30) -> dict:
+    """The QC the registry holds for the product (``product.created`` may lag the job)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reg = Registry(infra["settings"].db_url)
+        try:
+            found = [qc for _, st, _, _, t, qc in reg.qc(stage=stage) if t == tag]
+        finally:
+            reg.close()
+        if found or time.monotonic() > deadline:
+            assert len(found) == 1, found
+            return found[0]
+        time.sleep(0.5)
+
 
 def _bias_order(infra) -> WorkOrder:
     (job,) = [j for j in jobs_of(infra) if j.stage == "bias"]

@@ -11,6 +11,7 @@ from musedrp import cli, esorex, report
 from musedrp.frames import classify_file
 from musedrp.messages import WorkOrder
 from musedrp.planner import Plan
+from musedrp.registry import Registry
 from musedrp.runner import JobResult
 
 from ..conftest import job_key
@@ -166,3 +167,18 @@ def test_a_cube_is_a_scipost_job_reading_the_exposure(science, template):
         "2 science exposure(s) got no cube: "
         "2 x scipost skipped: upstream job basic1 did not succeed")
     assert report.missing_cubes(Plan(frames=template(SCIENCE_MJD)), {}) == ""  # no science
+
+
+def test_qc_needs_a_registry_and_says_when_it_has_nothing(tmp_path, capsys):
+    assert cli.main(["qc", str(tmp_path)]) == 2
+    assert "no registry in" in capsys.readouterr().err
+    Registry.for_output(tmp_path).close()  # an empty registry
+    assert cli.main(["qc", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == "no product with QC in the registry\n"
+    assert cli.main(["qc", str(tmp_path), "--night", "2014-08-01:2014-08-03", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["first"], shown["last"], shown["values"], shown["flagged"]) == (
+        "2014-08-01", "2014-08-03", 0, [])
+    with pytest.raises(SystemExit):
+        cli.main(["qc", str(tmp_path), "--night", "2014-13-01"])
+    assert "not a night or range" in capsys.readouterr().err

@@ -9,12 +9,20 @@ from pathlib import Path
 
 import pytest
 from astropy.io import fits
+from prometheus_client import REGISTRY
 from sqlalchemy.exc import OperationalError
 
 from musedrp.admission import SharedPool
 from musedrp.errors import DataError, Transient
 from musedrp.esorex import RecipeRun
-from musedrp.messages import Envelope, FrameRegistered, InputFile, JobFinished, WorkOrder
+from musedrp.messages import (
+    Envelope,
+    FrameRegistered,
+    InputFile,
+    JobFinished,
+    ProductCreated,
+    WorkOrder,
+)
 from musedrp.planner import plan_night
 from musedrp.registry import Registry
 from musedrp.runner import StageResult
@@ -46,7 +54,8 @@ def fake_compute(calls: list, fail: bool = False):
         run = RecipeRun(recipe=order.recipe, command=[], returncode=0, wall_s=1.5,
                         cpu_user_s=1.0, cpu_sys_s=0.2, peak_rss_bytes=10**9, cpus=list(cpus),
                         omp_num_threads=1, timed_out=False)
-        return StageResult(products={name: workdir / name}, qc={name: {}}, run=run)
+        qc = {"QC BIAS MASTER1 RON": 2.6, "QC BIAS MASTER1 RONERR": 0.01}
+        return StageResult(products={name: workdir / name}, qc={name: qc}, run=run)
     return compute
 
 
@@ -78,6 +87,9 @@ def test_worker_runs_once_and_answers_duplicates_from_the_manifest(worker):
     assert [(e.type, getattr(e.payload, "outcome", None)) for e in first] == [
         ("job.finished", "succeeded"), ("product.created", None)]
     assert second[0].payload.outcome == "cached"
+    assert first[1].payload.qc == second[1].payload.qc == {  # every keyword, for the registry
+        "QC BIAS MASTER1 RON": 2.6, "QC BIAS MASTER1 RONERR": 0.01}
+    assert first[0].payload.qc == {"QC BIAS MASTER1 RON": 2.6}  # the spec's headline
     assert first[0].payload.products == second[0].payload.products == {
         "MASTER_BIAS-01.fits": f"{DIR}/MASTER_BIAS-01.fits"}
     manifest = worker.store.get_json(f"{DIR}/manifest.json")
@@ -369,3 +381,36 @@ def test_a_worker_sharing_the_machine_runs_on_the_core_it_claimed(worker, tmp_pa
         (finished, _) = worker.handle(order_envelope(), 1)
     assert finished.payload.cpus == tuple(c for c in (0, 1) if c not in other)
     assert worker.pool.held() == {}
+
+
+def test_planner_exports_qc_flags_and_bands_judged_against_the_history(tmp_path):
+    """Eight nights of master biases of IFU 1; port 3's read noise jumps on the last: its
+    flag goes up, port 1's stays down, and the band of the headline keys is exported."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    planner = make_planner(registry, [0.0])
+    nights = [f"2014-08-{d:02d}" for d in range(1, 9)]
+    for i, night in enumerate(nights):
+        key = job_key(f"b{i}")
+        registry.record_orders([WorkOrder(
+            stage="bias", recipe="muse_bias", job_key=key, night=night, setup="S", ifu=1,
+            memory_gb=1, timeout_s=60, params={},
+            inputs=(InputFile(tag=Tag.BIAS, path=f"raw/{night}/a.fits"),))])
+        qc = {f"QC BIAS MASTER{p} RON": 2.6 + 0.002 * (i % 3) for p in (1, 2, 3, 4)}
+        qc["QC BIAS MASTER3 RONERR"] = 0.01 + 0.0001 * (i % 3)  # not a headline key
+        if night == nights[-1]:
+            qc["QC BIAS MASTER3 RON"], qc["QC BIAS MASTER3 RONERR"] = 3.3, 0.02
+        planner.handle(Envelope(type="product.created", source="t", payload=ProductCreated(
+            job_key=key, stage="bias", ifu=1, tag=Tag.MASTER_BIAS,
+            key=f"products/{night}/bias/S/{key}/MASTER_BIAS-01.fits", qc=qc)), 1)
+
+    def sample(name, key):
+        return REGISTRY.get_sample_value(name, {"stage": "bias", "key": key, "ifu": "1"})
+
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER3 RON") == 1
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER3 RONERR") == 1
+    assert sample("musedrp_qc_flagged", "QC BIAS MASTER1 RON") == 0
+    low, high = (sample(f"musedrp_qc_band_{b}", "QC BIAS MASTER1 RON") for b in ("low", "high"))
+    assert low < 2.6 < high < 3.3
+    assert sample("musedrp_qc_band_low", "QC BIAS MASTER3 RONERR") is None  # not headline
+    (stored,) = [qc for night, *_, qc in registry.qc(since=nights[-1])]
+    assert stored["QC BIAS MASTER3 RON"] == 3.3

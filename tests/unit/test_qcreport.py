@@ -65,3 +65,27 @@ def test_qc_decisions_and_frames_are_shown(out: Path):
 def test_a_directory_without_a_plan_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="output of `musedrp reduce`"):
         qcreport.render(tmp_path)
+
+
+def test_eso_score_per_exposure():
+    """Arc within 1.5 days (from the ARCFILE times of the wavecal's arcs), twilight flat
+    used, SKY present; alignment is not measured."""
+    def raw(tag: str, when: str) -> dict:
+        return {"tag": tag, "path": f"/raw/MUSE.{when}.fits"}
+
+    near_arcs = order("wavecal", "w1") | {"inputs": [raw("ARC", "2014-08-01T20:00:01.500"),
+                                                     raw("ARC", "2014-08-01T20:01:16.500")]}
+    old_arcs = order("wavecal", "w2") | {"inputs": [raw("ARC", "2014-07-29T20:00:01.500")]}
+    first = order("scibasic", "s1", ("w1",)) | {"inputs": [
+        raw("OBJECT", "2014-08-02T03:05:01.500"), {"tag": "TWILIGHT_CUBE", "path": "/t.fits"}]}
+    second = order("scibasic", "s2", ("w2",)) | {"inputs": [
+        raw("OBJECT", "2014-08-02T04:00:01.500")]}
+    jobs = [qcreport.Job(o, Path("/x"), "succeeded", {})
+            for o in (near_arcs, old_arcs, first, second)]
+    page = qcreport.scores(jobs)
+    assert page.count("<tr>") == 3  # header and two exposures
+    assert "<td>yes (0.30 d)</td><td>yes</td><td>NO</td><td>not measured</td>" in page
+    assert "<td>NO (3.33 d)</td><td>NO</td><td>NO</td><td>not measured</td>" in page
+    sky = order("scibasic", "s3") | {"inputs": [raw("SKY", "2014-08-02T05:00:01.500")]}
+    page = qcreport.scores([*jobs, qcreport.Job(sky, Path("/x"), "succeeded", {})])
+    assert page.count("<td>yes</td><td>yes</td><td>not measured</td>") == 1

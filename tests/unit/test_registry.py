@@ -3,6 +3,7 @@
 import pytest
 from sqlalchemy import text
 
+from musedrp import qctrend
 from musedrp.frames import Frame, classify_file
 from musedrp.messages import InputFile, WorkOrder
 from musedrp.registry import Registry
@@ -133,4 +134,32 @@ def test_dependents_and_states(db_url):
     reopened = Registry(db_url)
     assert sorted(j.key for j in reopened.dependents([a], "planned", "queued")) == [b, c]
     reopened.close()
+    reg.close()
+
+
+def test_qc_history_by_stage_ifu_and_nights(db_url):
+    """What QC trending reads: the QC of products by night, stage and IFU (0: all IFUs),
+    judged the same from SQLite and PostgreSQL."""
+    reg = Registry(db_url)
+    for day in range(1, 9):
+        night = f"2014-08-{day:02d}"
+        for n, (stage, ifu) in enumerate((("bias", 1), ("bias", 2), ("twilight", None))):
+            key = job_key(f"{n}{day}")
+            reg.record_orders([order(key, stage, ifu or 1).model_copy(
+                update={"night": night, "ifu": ifu})])
+            ron = 2.6 + 0.001 * (day % 3) + (1.0 if (ifu, day) == (2, 8) else 0.0)
+            reg.record_products(key, ifu, [(f"/out/{night}/{stage}/{ifu}.fits", "MASTER_BIAS",
+                                            {"QC BIAS MASTER1 RON": ron, "QC NAME": "x"})])
+    reg.record_products(job_key("01"), 1, [("/out/empty.fits", "MASTER_BIAS", {})])
+    moved = reg.qc(stage="bias", ifu=1, since="2014-08-01", until="2014-08-01")[0][-1]
+    reg.record_products(job_key("01"), 1, [("/moved/2014-08-01/bias/1.fits", "MASTER_BIAS",
+                                            moved)])  # the same product, recorded elsewhere
+    assert reg.last_qc_night() == "2014-08-08"
+    rows = reg.qc(stage="bias", ifu=2, since="2014-08-03", until="2014-08-05")
+    assert [(night, ifu) for night, _, _, ifu, _, _ in rows] == [
+        (f"2014-08-0{d}", 2) for d in (3, 4, 5)]
+    assert {r[3] for r in reg.qc(stage="twilight", ifu=0)} == {None}
+    assert len(reg.qc()) == 3 * 8  # without QC: left out; recorded twice: once
+    flagged = [v for v in qctrend.from_registry(reg, "2014-08-08", "2014-08-08") if v.flagged]
+    assert [(v.record.stage, v.record.ifu) for v in flagged] == [("bias", 2)]
     reg.close()

@@ -3,10 +3,12 @@
 from datetime import date
 
 import numpy as np
+import pytest
 from astropy.io import fits
 
 from musedrp.frames import classify_file
 from musedrp.simulate import detector, night
+from musedrp.simulate.history import Drift, instrument_on
 
 
 def test_raw_layout_levels_and_signal():
@@ -78,3 +80,30 @@ def test_compressed_frame_is_lossless_and_classified_alike(tmp_path):
     plain, packed = (classify_file(paths[c]).model_dump(exclude=same) for c in (False, True))
     assert packed == plain
     assert packed["ifus"] == (1, 2)
+
+
+def test_planted_drifts_scale_one_port_and_one_ifu_from_their_night():
+    drifts = [Drift("ron", 2, 1.25, date(2014, 8, 7), port=3),
+              Drift("throughput", 1, 0.85, date(2014, 8, 8))]
+    before, after = instrument_on(date(2014, 8, 6), drifts), instrument_on(date(2014, 8, 8), drifts)
+    nominal = detector.ports_for(2, 1)
+    assert before.ports(2, 1) == nominal
+    assert [p.ron for p in after.ports(2, 1)] == pytest.approx(
+        [p.ron * (1.25 if i == 2 else 1) for i, p in enumerate(nominal)])
+    assert after.ports(1, 1) == detector.ports_for(1, 1)
+    (flat,) = night.monitoring_schedule(date(2014, 8, 8), 1)[1:]
+    nominal_light = night.electrons(flat, 1, 1, 1, before)
+    lit = night.electrons(flat, 1, 1, 1, after)[nominal_light > 0] / nominal_light[
+        nominal_light > 0]
+    assert lit.min() == pytest.approx(0.85) and lit.max() == pytest.approx(0.85)
+    assert drifts[0].explains("bias", 2, 3, "QC BIAS MASTER3 RON", "2014-08-07")
+    assert not drifts[0].explains("bias", 2, 2, "QC BIAS MASTER2 RON", "2014-08-07")
+    assert not drifts[0].explains("bias", 2, 3, "QC BIAS MASTER3 RON", "2014-08-06")
+    assert drifts[1].explains("flat", 1, None, "QC FLAT MASTER INTFLUX", "2014-08-09")
+    assert not drifts[1].explains("bias", 1, None, "QC BIAS MASTER NBADPIX", "2014-08-09")
+
+
+def test_a_monitoring_night_has_biases_and_flats_only():
+    frames = night.monitoring_schedule(date(2014, 8, 1), 3)
+    assert [e.kind for e in frames] == ["bias"] * 3 + ["flat"] * 3
+    assert {e.readout for e in frames} == {night.SCIENCE}

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from dataclasses import field as dataclass_field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -125,6 +125,16 @@ def schedule(night: date) -> list[Exposure]:
     return sorted(frames, key=lambda e: e.start)
 
 
+def monitoring_schedule(night: date, n: int = 3) -> list[Exposure]:
+    """A night of detector monitoring only: ``n`` science-mode biases and ``n`` lamp flats,
+    the least ``muse_bias`` and ``muse_flat`` accept (read noise, bias level, flat level)."""
+    d = datetime(night.year, night.month, night.day)
+    return [*_template("bias", ("CALIB", "BIAS"), "MUSE_wfm_cal_bias", d + timedelta(hours=18),
+                       n, 60, 0.0),
+            *_template("flat", ("CALIB", "FLAT,LAMP"), "MUSE_wfm_cal_specflat",
+                       d + timedelta(hours=19), n, 90, 10.0, lamps=(1, 2))]
+
+
 def primary_header(e: Exposure) -> fits.Header:
     """The keywords of MUSE.md §4 and §7.1 for one exposure."""
     h = fits.Header()
@@ -224,7 +234,24 @@ def slice_throughput(ifu: int, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, ifu, 11]).uniform(0.9, 1.1, detector.N_SLICES)
 
 
-def electrons(e: Exposure, ifu: int, seed: int, biny: int) -> np.ndarray | None:
+@dataclass(frozen=True)
+class Instrument:
+    """Departures from the nominal instrument on one night: read noise of a port (IFU, port
+    1-4) and throughput of an IFU, each as a factor (what a drift to be found plants)."""
+
+    ron: dict[tuple[int, int], float] = dataclass_field(default_factory=dict)
+    throughput: dict[int, float] = dataclass_field(default_factory=dict)
+
+    def ports(self, ifu: int, seed: int) -> tuple[detector.Port, ...]:
+        return tuple(replace(p, ron=p.ron * self.ron.get((ifu, i), 1.0))
+                     for i, p in enumerate(detector.ports_for(ifu, seed), start=1))
+
+
+NOMINAL = Instrument()
+
+
+def electrons(e: Exposure, ifu: int, seed: int, biny: int,
+              instrument: Instrument = NOMINAL) -> np.ndarray | None:
     """Illumination of the trimmed CCD in electrons, or None for frames without light.
 
     Every kind goes through the same slices, throughputs and dispersion; a standard-star
@@ -238,12 +265,13 @@ def electrons(e: Exposure, ifu: int, seed: int, biny: int) -> np.ndarray | None:
     if e.kind == "std" and (star := field.star_image(ifu, index, biny)) is not None:
         shape = (field.STAR_PEAK * e.exptime / 60.0 * field.star_shape(lam)).astype(np.float32)
         light = light + shape[:, None] * star
-    per_slice = slice_throughput(ifu, seed).astype(np.float32)[index]
+    per_slice = (instrument.throughput.get(ifu, 1.0)
+                 * slice_throughput(ifu, seed)).astype(np.float32)[index]
     return detector.slice_mask(ifu, biny) * per_slice * light * biny
 
 
 def write_exposure(e: Exposure, ifus: Sequence[int], seed: int, out: Path,
-                   compress: bool = False) -> Path:
+                   compress: bool = False, instrument: Instrument = NOMINAL) -> Path:
     """Write one raw frame with a CHANnn extension per IFU; deterministic per (seed, frame).
 
     ``compress`` writes ``<ARCFILE>.fz`` with Rice tile-compressed extensions (lossless for
@@ -253,8 +281,9 @@ def write_exposure(e: Exposure, ifus: Sequence[int], seed: int, out: Path,
     hdus: list[fits.PrimaryHDU | fits.ImageHDU] = [fits.PrimaryHDU(header=primary_header(e))]
     for ifu in ifus:
         rng = np.random.default_rng([seed, ifu, int(mjd(e.start) * 86400)])
-        ports = detector.ports_for(ifu, seed)
-        data = detector.raw_extension(ifu, ports, rng, electrons(e, ifu, seed, biny), biny)
+        ports = instrument.ports(ifu, seed)
+        data = detector.raw_extension(ifu, ports, rng,
+                                      electrons(e, ifu, seed, biny, instrument), biny)
         hdus.append(hdu(data=data, header=detector.extension_header(ifu, ports, biny)))
     path = out / e.file_name(compress)
     fits.HDUList(hdus).writeto(path, overwrite=True, checksum=True)
@@ -283,13 +312,16 @@ class Truth:
 
 
 def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = date(2014, 8, 1),
-                   workers: int | None = None, progress=None, compress: bool = False) -> Truth:
-    """Write the whole night into ``out`` and return (and save) the truth."""
+                   workers: int | None = None, progress=None, compress: bool = False,
+                   exposures: Sequence[Exposure] | None = None,
+                   instrument: Instrument = NOMINAL, static: bool = True) -> Truth:
+    """Write the whole night (or only ``exposures``; the static stand-ins unless ``static``
+    is false) into ``out`` and return (and save) the truth."""
     out.mkdir(parents=True, exist_ok=True)
-    exposures = schedule(night)
+    exposures = schedule(night) if exposures is None else exposures
     truth = Truth(night=night.isoformat(), seed=seed, ifus=list(ifus))
     for ifu in ifus:
-        truth.ports[ifu] = [asdict(p) for p in detector.ports_for(ifu, seed)]
+        truth.ports[ifu] = [asdict(p) for p in instrument.ports(ifu, seed)]
         mid = (detector.TRIMMED[0] - 1) / 2
         truth.slice_centres_mid[ifu] = detector.slice_centres(ifu, mid).round(3).tolist()
         truth.slice_throughput[ifu] = slice_throughput(ifu, seed).round(4).tolist()
@@ -298,12 +330,13 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
                      "tpl_start": e.tpl_start.isoformat(), "target": e.target} for e in exposures]
     workers = workers or len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(write_exposure, e, list(ifus), seed, out, compress)
+        futures = [pool.submit(write_exposure, e, list(ifus), seed, out, compress, instrument)
                    for e in exposures]
         for i, f in enumerate(futures, start=1):
             path = f.result()
             if progress:
                 progress(i, len(futures), path.name)
-    write_static(out / "static")
+    if static:
+        write_static(out / "static")
     (out / "truth.json").write_text(json.dumps(asdict(truth), indent=1))
     return truth
