@@ -384,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("musedrp: interrupted; running recipes were stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `musedrp qc | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141
 
 
 if __name__ == "__main__":

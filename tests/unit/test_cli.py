@@ -3,6 +3,8 @@ JSON, the console summary and the exit code."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,13 @@ def test_qc_needs_a_registry_and_says_when_it_has_nothing(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["qc", str(tmp_path), "--night", "2014-13-01"])
     assert "not a night or range" in capsys.readouterr().err
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(night):
+    """`musedrp plan RAW | head -1`: the reader closes the pipe (here before plan writes at all:
+    the shell's ``:`` reads nothing and exits while Python still starts)."""
+    raw = night()
+    proc = subprocess.run(f"{sys.executable} -m musedrp.cli plan {raw} --memory 4 | :",
+                          shell=True, capture_output=True, text=True, check=False,  # noqa: S602
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
