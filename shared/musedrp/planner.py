@@ -240,6 +240,15 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
     return best
 
 
+def ifu_ranges(f: Frame, ifu: int | None) -> tuple[tuple[int, int], ...]:
+    """The byte ranges a job of one IFU reads from a raw frame: its primary HDU and that
+    IFU's extension (services fetch only those); none, the whole file, for a job of all IFUs
+    or a frame registered without its layout."""
+    if ifu is None or ifu not in f.extents or not f.primary_size:
+        return ()
+    return ((0, f.primary_size), f.extents[ifu])
+
+
 def job_key(recipe: str, version: str, ifu: int | None, params: dict,
             inputs: Sequence[InputFile]) -> str:
     """Content-derived identity of a job.
@@ -286,7 +295,8 @@ class Night:
         params = spec.params(**self.overrides.get(stage, {})).model_dump()
         inputs = [InputFile(tag=f.tag, path=f.path, ifu=ifu,
                             datasum=",".join(f.datasums.get(i, "") for i in
-                                             ([ifu] if ifu else self.ifus)))
+                                             ([ifu] if ifu else self.ifus)),
+                            ranges=ifu_ranges(f, ifu if spec.per_ifu else None))
                   for f in raw]
         inputs += [InputFile(tag=_tag(name), job_key=u.job_key,
                              path=_located(self.out_root, u.product_dir, name))
