@@ -134,3 +134,14 @@ def test_dependents_and_states(db_url):
     assert sorted(j.key for j in reopened.dependents([a], "planned", "queued")) == [b, c]
     reopened.close()
     reg.close()
+
+
+def test_a_plan_of_some_nights_replaces_only_their_decisions(db_url):
+    reg = Registry(db_url)
+    reg.record_decisions(None, ["night 2014-08-01, WFM: 11 biases", "night 2014-08-02, WFM: 9"])
+    reg.record_decisions(["2014-08-02"], ["night 2014-08-02, WFM: 10 biases"])
+    assert reg.decisions() == ["night 2014-08-01, WFM: 11 biases",
+                               "night 2014-08-02, WFM: 10 biases"]
+    reg.record_decisions(None, [])
+    assert reg.decisions() == []
+    reg.close()
