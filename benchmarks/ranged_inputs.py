@@ -6,8 +6,8 @@ Per job (measured): three full-size 24-IFU bias frames, plain and tile-compresse
 IFU 24 (the last extension) twice, once with the byte ranges the ingest recorded and once
 with whole files, each through its real path (fetch, esorex, upload); the bytes every GET
 returned are counted and the two products compared (data and headers, but for the date
-they were written and the header checksum).  Then, for IFUs 1 and 12 too, the slices alone
-are fetched and timed.
+they were written, the header checksum, DATASUM's comment and the job key).  Then, for
+IFUs 1 and 12 too, the slices alone are fetched and timed.
 
 Per night (computed from the work orders, whose ranges are what a job fetches, as the
 per-job rows show): the per-IFU jobs of a planned night (``--night RAW_DIR``, e.g. the
@@ -39,7 +39,10 @@ from common import exposures, write_results
 
 N_BIAS = 3
 IFUS = tuple(range(1, 25))
-RUN_KEYWORDS = ("DATE", "CHECKSUM")  # differ between any two runs of a recipe
+# differ between any two runs of a recipe (when written, the header checksum; DATASUM's
+# comment, compared apart, holds a time too), and the job key stamped by the runner: the two
+# runs here are two jobs, or the second would be cached
+RUN_KEYWORDS = ("DATE", "CHECKSUM", "MUSEDRP JOB KEY")
 
 
 class Counting:
@@ -123,9 +126,10 @@ def _jobs(worker: StageWorker, store: Counting, frames, compress: bool, tmp: Pat
                      "extension_bytes": _needed(frames, 24), "seconds": wall,
                      "recipe_s": finished.payload.wall_s})
     diff = fits.FITSDiff(str(products["ranged"]), str(products["whole"]),
-                         ignore_keywords=RUN_KEYWORDS)
+                         ignore_keywords=RUN_KEYWORDS, ignore_comments=["DATASUM"])
     for r in rows:
         r["products_identical"] = diff.identical
+        r["differences"] = "" if diff.identical else diff.report()
     for ifu in (1, 12, 24):
         store.reset()
         t0 = time.monotonic()
@@ -137,7 +141,7 @@ def _jobs(worker: StageWorker, store: Counting, frames, compress: bool, tmp: Pat
                      "bytes": store.bytes, "whole_bytes": whole,
                      "extension_bytes": _needed(frames, ifu),
                      "seconds": time.monotonic() - t0, "recipe_s": None,
-                     "products_identical": None})
+                     "products_identical": None, "differences": ""})
     return rows
 
 
