@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from musedrp import esorex, metrics, runner, service, storage
+from musedrp import esorex, ifuslice, metrics, runner, service, storage
 from musedrp.admission import SharedPool
 from musedrp.broker import Handler
 from musedrp.errors import DataError, Transient
@@ -82,22 +82,36 @@ class StageWorker(Handler):
             self.pool.interrupt()
 
     def _download(self, order: WorkOrder, root: Path) -> WorkOrder:
-        """Every input into its own folder (names kept: esorex products cite them).
+        """Every input into its own folder (names kept: esorex products cite them); of a raw
+        frame whose order names byte ranges, only those (its primary HDU and the IFU's
+        extension, see :mod:`musedrp.ifuslice`).
 
         Raises
         ------
         DataError
-            An input's path is not an object key (absolute, ``..``, control characters).
+            An input's path is not an object key (absolute, ``..``, control characters), or
+            its ranges do not give the IFU's extension.
         """
-        inputs = []
+        inputs, fetched, sliced = [], 0, 0
         for i, f in enumerate(order.inputs):
             try:
                 key = storage.check_key(f.path)
             except ValueError as err:
                 raise DataError(f"input {i + 1} ({f.tag}): {err}") from err
             dest = storage.under(root, root / f"{i:03d}" / key.rpartition("/")[2])
-            self.store.get_file(key, dest)
+            if f.ranges:
+                fetched += ifuslice.fetch(self.store, key, f, dest)
+                sliced += 1
+            else:
+                self.store.get_file(key, dest)
+                fetched += dest.stat().st_size
             inputs.append(f.model_copy(update={"path": str(dest)}))
+        metrics.INPUT_BYTES.labels(self.name).inc(fetched)
+        whole = sum(1 for f in order.inputs if f.ifu and not f.ranges)
+        self.log.info("%s: %d bytes fetched for %d inputs, %d raw frame(s) by ranged GETs of "
+                      "the IFU's extension%s", order, fetched, len(inputs), sliced,
+                      f", {whole} raw frame(s) whole: no byte ranges in the order" if whole
+                      else "")
         timeout = self.settings.timeout_s or order.timeout_s
         return order.model_copy(update={"inputs": tuple(inputs), "timeout_s": timeout})
 

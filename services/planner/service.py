@@ -175,6 +175,7 @@ class Planner(Handler):
             self.registry.set_statuses({
                 f.path: (status, "; ".join(why)) for f in plan.frames
                 if nights is None or f.night in touched for status, why in [plan.status(f)]})
+            self.registry.record_decisions(nights, plan.decisions)
         self.log.info("planned %s from %d frame(s): %d job(s), %d new",
                       "every night" if nights is None else f"{len(nights)} night(s)",
                       len(frames), len(plan.orders), len(new))

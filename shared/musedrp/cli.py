@@ -156,6 +156,8 @@ def cmd_reduce(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from musedrp import qcreport
 
+    if args.services:
+        from_services(args.out_dir, args.state_dir)
     try:
         path = qcreport.write(args.out_dir, args.html)
     except FileNotFoundError as err:
@@ -201,6 +203,24 @@ def cmd_qc(args: argparse.Namespace) -> int:
     for v in flagged:
         print(f"  {v}")
     return 0
+
+
+def from_services(out: Path, state_dir: Path) -> None:
+    """Materialise what the report reads from a services deployment (registry + bucket) into
+    ``out``, laid out as ``musedrp reduce`` leaves it."""
+    from musedrp.deployment import materialise
+    from musedrp.registry import Registry
+    from musedrp.serve import settings_for
+    from musedrp.storage import open_store
+
+    s = settings_for(state_dir)
+    registry = Registry.connect(s.db_url)
+    try:
+        print(f"Reading the deployment: registry {s.db_url}, bucket {s.s3_bucket} at "
+              f"{s.s3_endpoint}", flush=True)
+        materialise(registry, open_store(s), out, f"s3://{s.s3_bucket}/raw/ at {s.s3_endpoint}")
+    finally:
+        registry.close()
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -325,11 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
                                 "(they are most of the disk a night takes)")
         c.set_defaults(func=cmd_plan if name == "plan" else cmd_reduce)
 
-    c = sub.add_parser("report", help="write a self-contained HTML QC report of a reduction")
-    c.add_argument("out_dir", type=Path, help="the output directory of `musedrp reduce`")
-    c.add_argument("--html", type=Path, default=None, help="default OUT_DIR/report.html")
-    c.set_defaults(func=cmd_report)
-
     c = sub.add_parser("qc", help="QC values that left the band of their own history",
                        description="Every QC value of every product judged against the same "
                                    "key, IFU and port on earlier nights (rule: docs/qc.md); "
@@ -348,6 +363,16 @@ def build_parser() -> argparse.ArgumentParser:
     state.add_argument("--state-dir", type=Path, default=Path("musedrp-services"),
                        help="where `serve` keeps logs, S3 data and services.env "
                             "(default ./musedrp-services)")
+    c = sub.add_parser("report", parents=[state],
+                       help="write a self-contained HTML QC report of a reduction")
+    c.add_argument("out_dir", type=Path, help="the output directory of `musedrp reduce`; "
+                                              "with --services, a local cache to fill")
+    c.add_argument("--services", action="store_true",
+                   help="report on a services deployment: read its registry and bucket "
+                        "(settings of --state-dir and MUSEDRP_* variables) into OUT_DIR first")
+    c.add_argument("--html", type=Path, default=None, help="default OUT_DIR/report.html")
+    c.set_defaults(func=cmd_report)
+
     c = sub.add_parser("serve", parents=[state],
                        help="run broker, S3 server and every service on this machine")
     c.set_defaults(func=cmd_serve)

@@ -84,6 +84,10 @@ class Frame(BaseModel):
     target: str = ""
     ifus: tuple[int, ...] = ()
     datasums: dict[int, str] = {}  # DATASUM of each IFU extension: content identity, header-only
+    # where each IFU's HDU (header, data, heap) starts and how long it is, and how long the
+    # primary HDU is: what a per-IFU job fetches by ranged GETs instead of the whole file
+    extents: dict[int, tuple[int, int]] = {}
+    primary_size: int = 0
     temperature: float | None = None  # INS.TEMP7.VAL, deg C: musered's ILLUM choice uses it
     field: str = ""  # static calibrations: the INS.OPTI2.NAME they serve, "" for both WFM and NFM
     checksum: str = ""  # static calibrations: SHA-256 of the whole file, their identity in job keys
@@ -209,7 +213,7 @@ def _read_header(f: BinaryIO) -> fits.Header:
                     raise FitsLayoutError(f"unreadable header: {err}") from err
 
 
-def _data_size(h: fits.Header) -> int:
+def data_size(h: fits.Header) -> int:
     naxis = _card(h, "NAXIS", _int_in(0, 999, "an axis count from 0 to 999"), 0)
     if naxis == 0:
         return 0
@@ -221,9 +225,9 @@ def _data_size(h: fits.Header) -> int:
     return -(-n // BLOCK) * BLOCK  # never negative: the scan always moves forward
 
 
-def scan_headers(f: BinaryIO, size: int) -> tuple[fits.Header, list[fits.Header]]:
-    """Primary and extension headers of a seekable stream of ``size`` bytes, reading header
-    blocks only.
+def scan_layout(f: BinaryIO, size: int) -> list[tuple[fits.Header, tuple[int, int]]]:
+    """Every HDU's header with its extent (offset and length of header, data and heap) in a
+    seekable stream of ``size`` bytes, reading header blocks only.
 
     Raises
     ------
@@ -235,17 +239,16 @@ def scan_headers(f: BinaryIO, size: int) -> tuple[fits.Header, list[fits.Header]
     if f.read(9) != b"SIMPLE  =":
         raise FitsLayoutError("not a FITS file (no SIMPLE card at the start)")
     f.seek(0)
-    primary = _read_header(f)
-    offset = f.tell() + _data_size(primary)
-    extensions = []
+    hdus, offset = [], 0
     while offset < size:
         f.seek(offset)
-        ext = _read_header(f)
-        extensions.append(ext)
-        offset = f.tell() + _data_size(ext)
+        header = _read_header(f)
+        end = f.tell() + data_size(header)
+        hdus.append((header, (offset, end - offset)))
+        offset = end
     if offset > size:
         raise FitsLayoutError(f"truncated: headers declare {offset} bytes, the file has {size}")
-    return primary, extensions
+    return hdus
 
 
 def decode_lamps(h: fits.Header) -> tuple[str, ...]:
@@ -357,7 +360,7 @@ def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> d
         tpl_nexp=_card(h, "TPL.NEXP", _positive, 0), tpl_expno=_card(h, "TPL.EXPNO", _positive, 0),
         mjd=mjd, night=_night(mjd), exptime=_card(h, "EXPTIME", _number, 0.0),
         lamps=decode_lamps(h), target=_card(h, "OBS.TARG.NAME", _text, ""),
-        ifus=tuple(sorted(chans)), datasums=chans,
+        ifus=tuple(sorted(chans)), datasums={ifu: datasum for ifu, (_, datasum) in chans.items()},
         temperature=_card(h, "INS.TEMP7.VAL", _number, None),
     )
 
@@ -376,15 +379,15 @@ def _setup(h: fits.Header) -> Setup:
     )
 
 
-def _channels(extensions: Iterable[fits.Header]) -> dict[int, str]:
-    """The DATASUM of each ``CHANnn`` extension, by IFU number."""
+def _channels(extensions: Iterable[fits.Header]) -> dict[int, tuple[int, str]]:
+    """Each ``CHANnn`` extension's position in ``extensions`` and ``DATASUM``, by IFU number."""
     chans = {}
-    for i, e in enumerate(extensions, start=1):
+    for i, e in enumerate(extensions):
         try:
             if m := re.fullmatch(r"CHAN(\d\d)", _card(e, "EXTNAME", _text, "")):
-                chans[int(m.group(1))] = _card(e, "DATASUM", _text, "")
+                chans[int(m.group(1))] = (i, _card(e, "DATASUM", _text, ""))
         except ValueError as err:
-            raise ValueError(f"extension {i}: {err}") from err
+            raise ValueError(f"extension {i + 1}: {err}") from err
     return chans
 
 
@@ -421,12 +424,16 @@ def classify(f: BinaryIO, size: int, path: str, name: str) -> Frame:
     into the Frame. A static calibration's checksum is computed from the whole stream."""
     base = dict(path=path, name=name, size=size)
     try:
-        primary, extensions = scan_headers(f, size)
-        fields = classify_header(primary, extensions)
+        (primary, (_, primary_size)), *extensions = scan_layout(f, size)
+        fields = classify_header(primary, [h for h, _ in extensions])
         if fields["tag"] in STATIC_TAGS:
             fields["checksum"] = _sha256(f)
         elif not fields["ifus"]:
             return Frame(**base, reason="no CHANnn image extension: no IFU data in the file")
+        else:
+            fields["primary_size"] = primary_size
+            fields["extents"] = {ifu: extensions[i][1] for ifu, (i, _) in
+                                 _channels(h for h, _ in extensions).items()}
         return Frame(**base, **fields)
     except CONTENT_ERRORS as err:
         # ValueError and OSError name the file's problem; the others may hint at a bug here

@@ -20,6 +20,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeInt,
+    PositiveInt,
     StringConstraints,
     ValidationError,
 )
@@ -75,6 +77,9 @@ class InputFile(Payload):
     ifu: Ifu | None = None  # the IFU extension the job reads, for its checksum
     job_key: JobKey | Literal[""] = ""  # the job that made it, for products of upstream stages
     datasum: str = ""  # DATASUM of the IFU extension read, for raw frames that carry one
+    # (offset, length) of each byte range the job reads, from the ingest's scan: the primary
+    # HDU and the IFU's extension of a raw frame; empty for a whole file
+    ranges: tuple[tuple[NonNegativeInt, PositiveInt], ...] = ()
 
 
 class WorkOrder(Payload):

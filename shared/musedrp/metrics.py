@@ -40,6 +40,9 @@ FRAMES = Counter("musedrp_frames_total", "Frames ingested, by tag and status",
                  ["tag", "status"])
 HEADER_BYTES = Counter("musedrp_ingest_header_bytes_total",
                        "Bytes fetched by ranged reads to classify frames")
+INPUT_BYTES = Counter("musedrp_input_bytes_total",
+                      "Bytes a stage's workers fetched for their inputs (of a raw frame, a "
+                      "per-IFU job fetches only its IFU's extension)", ["stage"])
 PLANNED = Counter("musedrp_work_orders_total", "Work orders published by the planner",
                   ["stage"])
 BUILD = Gauge("musedrp_build_info", "Code and pipeline versions", ["version", "git_sha",

@@ -174,12 +174,14 @@ class Plan:
     # of this plan (validating ~500 000 of them was a third of planning a year); whoever
     # decodes an order validates it whole.
 
-    def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...]) -> InputFile:
-        key = ("raw", f.path, ifu, ifus)
+    def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...],
+                  per_ifu: bool) -> InputFile:
+        key = ("raw", f.path, ifu, ifus, per_ifu)
         if (found := self.inputs.get(key)) is None:
             found = self.inputs[key] = InputFile.model_construct(
                 tag=f.tag, path=f.path, ifu=ifu, job_key="",
-                datasum=",".join(f.datasums.get(i, "") for i in ifus))
+                datasum=",".join(f.datasums.get(i, "") for i in ifus),
+                ranges=ifu_ranges(f, ifu if per_ifu else None))
         return found
 
     def product_input(self, root: Path, upstream: WorkOrder, name: str) -> InputFile:
@@ -274,6 +276,15 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
     return best
 
 
+def ifu_ranges(f: Frame, ifu: int | None) -> tuple[tuple[int, int], ...]:
+    """The byte ranges a job of one IFU reads from a raw frame: its primary HDU and that
+    IFU's extension (services fetch only those); none, the whole file, for a job of all IFUs
+    or a frame registered without its layout."""
+    if ifu is None or ifu not in f.extents or not f.primary_size:
+        return ()
+    return ((0, f.primary_size), f.extents[ifu])
+
+
 def job_key(recipe: str, version: str, ifu: int | None, params: dict,
             inputs: Sequence[InputFile]) -> str:
     """Content-derived identity of a job.
@@ -320,7 +331,7 @@ class Night:
         spec = BY_NAME[stage].spec
         model, params = self.params(stage)
         plan, ifus = self.plan, (ifu,) if ifu else tuple(self.ifus)
-        inputs = [plan.raw_input(f, ifu, ifus) for f in raw]
+        inputs = [plan.raw_input(f, ifu, ifus, spec.per_ifu) for f in raw]
         inputs += [plan.product_input(self.out_root, u, name) for u, name in calibs]
         inputs += [plan.static_input(tag, self.statics[tag][0]) for tag in statics]
         # where a job writes follows from its frames, as its key does: planned again from

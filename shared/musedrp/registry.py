@@ -1,5 +1,6 @@
 """The registry: frames, jobs and products, in SQLite (embedded) or PostgreSQL (cluster)."""
 
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -132,6 +133,17 @@ class ProductRow(Base):
     qc: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class DecisionRow(Base):
+    """An association decision of the latest plan of its night ("" for the plan's own, such
+    as the IFUs it was restricted to): what ``musedrp report`` lists for a deployment."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    night: Mapped[str] = mapped_column(String(10), index=True)
+    text: Mapped[str] = mapped_column(Text)
+
+
 def _in(session: Session, query, column, values: list, chunk: int = 500,
         fetch: Callable = Session.scalars) -> list:
     """``query`` restricted to rows whose ``column`` is among ``values``, in chunks (one
@@ -238,6 +250,24 @@ class Registry:
             if needs := [dict(job_key=k, need=n) for k, o in new.items() for n in o.needs]:
                 s.execute(insert(NeedRow.__table__), needs)
         return list(new)
+
+    def record_decisions(self, nights: Iterable[str] | None, decisions: Iterable[str]) -> None:
+        """The decisions of a plan of ``nights`` (None: every night), replacing those of an
+        earlier plan of the same nights.  A decision belongs to the night it names first
+        (``night 2014-08-01, ...``)."""
+        rows = [dict(night=m[1] if (m := re.match(r"night (\d{4}-\d\d-\d\d)\b", d)) else "",
+                     text=d) for d in decisions]
+        with Session(self.engine) as s, s.begin():
+            old = delete(DecisionRow)
+            if nights is not None:
+                old = old.where(DecisionRow.night.in_([*nights, ""]))
+            s.execute(old)
+            if rows:
+                s.execute(insert(DecisionRow), rows)
+
+    def decisions(self) -> list[str]:
+        with Session(self.engine) as s:
+            return list(s.scalars(select(DecisionRow.text).order_by(DecisionRow.id)))
 
     def set_state(self, key: str, state: str, reason: str = "", wall_s: float | None = None,
                   peak_rss_bytes: int | None = None) -> None:

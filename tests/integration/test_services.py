@@ -8,9 +8,13 @@ duplicates, poison messages, a recipe over its time limit, S3 down, the broker r
 """
 
 import json
+import logging
+import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,17 +26,19 @@ import pika
 import pytest
 from astropy.io import fits
 
-from musedrp import broker, s3server
-from musedrp.frames import classify_dir
+from musedrp import broker, qcreport, s3server
+from musedrp.frames import classify_dir, classify_file
 from musedrp.messages import Envelope, FrameArrived, WorkOrder, decode
+from musedrp.planner import ifu_ranges
 from musedrp.registry import Registry
 from musedrp.serve import Fleet, submit
+from musedrp.services.worker import StageWorker
 from musedrp.settings import Settings
 from musedrp.storage import S3Store
 from musedrp.tags import Tag
-from musedrp.topology import EXCHANGE
+from musedrp.topology import BY_NAME, EXCHANGE
 
-from .conftest import IFU, products, rabbitmqctl, throwaway_vhost
+from .conftest import IFU, product, products, rabbitmqctl, throwaway_vhost
 
 pytestmark = pytest.mark.integration
 SUBMITTED = (Tag.BIAS, Tag.FLAT, Tag.OBJECT)
@@ -248,6 +254,10 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
         assert manifest["job_key"] == jobs[stage].key and manifest["run"]["cpus"] in ([0], [1])
     finished = [e for e in events.seen if e.type == "job.finished"]
     assert len({e.correlation_id for e in finished}) == 1  # one night, one reduction
+    for stage in ("bias", "flat"):  # raw frames cut to IFU 1 by ranged reads, none whole
+        log = (fleet.state_dir / "logs" / f"{stage}.log").read_text()
+        assert re.search(r"[1-9]\d* raw frame\(s\) by ranged GETs", log), stage
+        assert "whole: no byte ranges" not in log
 
     # every QC keyword of each product reached the registry (for QC trending), as in reduce
     for stage, name in (("bias", f"MASTER_BIAS-{IFU:02d}.fits"),
@@ -256,6 +266,103 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
                   if p.parent.name == jobs[stage].key]
         assert recorded_qc(infra, stage, name.split("-")[0]) == json.loads(
             ref.read_text())["qc"][name]
+
+
+# keywords two runs of one recipe on the same data differ in: the time a product was written
+# and the header checksum that covers it (DATASUM's comment, compared apart, holds a time
+# too), and the code revision that stamped it
+RUN_KEYWORDS = ("DATE", "CHECKSUM", "MUSEDRP GIT SHA")
+
+
+def test_a_job_of_one_ifu_fetches_only_its_extension(infra, submitted, reduced):
+    """IFU 3, the last extension of the night's frames, run by a worker from ranged reads of
+    the bucket, against the embedded run from whole files: the same products."""
+    _, out, _ = reduced
+    store: S3Store = infra["store"]
+    plan = json.loads((out / "plan.json").read_text())
+    (order,) = [WorkOrder.model_validate(o) for o in plan["orders"]
+                if o["stage"] == "bias" and o["ifu"] == 3]
+    stored = {k.rsplit("/", 1)[1]: k for k in store.keys("raw/")}
+    inputs, whole = [], 0
+    for f in order.inputs:
+        frame = classify_file(Path(f.path))
+        inputs.append(f.model_copy(update={"path": stored[frame.name],
+                                           "ranges": ifu_ranges(frame, 3)}))
+        whole += frame.size
+    order = order.model_copy(update={"inputs": tuple(inputs)})
+    log = logging.getLogger("test.worker.bias")
+    worker = StageWorker(BY_NAME["bias"], infra["settings"], store, [0],
+                         infra["workspace"] / "scratch", log)
+    (infra["workspace"] / "scratch").mkdir(exist_ok=True)
+    fetched = {}
+    counted = store.open_range
+
+    def open_range(key):
+        reader, size = counted(key)
+        fetched[key] = reader
+        return reader, size
+
+    store.open_range = open_range
+    try:
+        (finished, *_) = worker.handle(Envelope(type="work.bias", source="test",
+                                                payload=order), 1)
+    finally:
+        del store.open_range
+    assert finished.payload.outcome == "succeeded"
+    ext = sum(r.ranges[0][1] + r.ranges[1][1] for r in inputs)
+    assert sum(r.bytes_read for r in fetched.values()) == ext < whole / 2.9
+    name = "MASTER_BIAS-03.fits"
+    got = infra["workspace"] / "ifu3" / name
+    store.get_file(order.product_key(name), got)
+    ref = product(out, "bias", name)
+    diff = fits.FITSDiff(str(got), str(ref), ignore_keywords=RUN_KEYWORDS,
+                         ignore_comments=["DATASUM"])
+    assert diff.identical, diff.report()
+
+
+def test_the_report_reads_the_deployment(infra, submitted, reduced):
+    """``musedrp report --services`` against the page of the embedded run of the same jobs
+    (bias and flat of IFU 1): the same jobs and states, detector QC, QC plots; the same
+    decisions as the registry holds."""
+    _, out, _ = reduced
+    cache = infra["workspace"] / "report-cache"
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "report", str(cache),
+                           "--services", "--state-dir", str(infra["workspace"] / "none")],
+                          env={**os.environ, **infra["env"]}, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    services_page = (cache / "report.html").read_text()
+    keys = {j.key for j in jobs_of(infra)}
+    embedded = infra["workspace"] / "embedded-same-jobs"
+    plan = json.loads((out / "plan.json").read_text())
+    plan["orders"] = [o for o in plan["orders"] if o["job_key"] in keys]
+    assert len(plan["orders"]) == len(keys) == 2
+    embedded.mkdir()
+    (embedded / "plan.json").write_text(json.dumps(plan))
+    (embedded / "products").symlink_to(out / "products")
+    embedded_page = qcreport.render(embedded)
+    for anchor in ("failures", "detectors-read-noise-and-bias-level",
+                   "master-bias-and-flat-traced-slice-edges", "wavelength-solution"):
+        assert html_section(services_page, anchor) == html_section(embedded_page, anchor), anchor
+    assert jobs_and_states(services_page) == jobs_and_states(embedded_page)
+    reg = Registry(infra["settings"].db_url)
+    decisions = reg.decisions()
+    reg.close()
+    assert decisions and html_section(services_page, "association-decisions").count(
+        "<li>") == len(decisions)
+
+
+def html_section(page: str, anchor: str) -> str:
+    m = re.search(rf'<section id="{anchor}">(.*?)</section>', page, re.S)
+    assert m, anchor
+    return m[1]
+
+
+def jobs_and_states(page: str) -> list[list[str]]:
+    """The rows of the jobs table: job, key and state (not the timings, which differ)."""
+    table = re.search(r'<table class="jobs">(.*?)</table>', page, re.S)[1]
+    return sorted(re.findall(r"<td[^>]*>(.*?)</td>", row)[:3]
+                  for row in re.findall(r"<tr>(.*?)</tr>", table)[1:])
 
 
 def recorded_qc(infra, stage: str, tag: str, timeout_s: float = 30) -> dict:

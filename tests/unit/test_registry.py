@@ -163,3 +163,14 @@ def test_qc_history_by_stage_ifu_and_nights(db_url):
     flagged = [v for v in qctrend.from_registry(reg, "2014-08-08", "2014-08-08") if v.flagged]
     assert [(v.record.stage, v.record.ifu) for v in flagged] == [("bias", 2)]
     reg.close()
+
+
+def test_a_plan_of_some_nights_replaces_only_their_decisions(db_url):
+    reg = Registry(db_url)
+    reg.record_decisions(None, ["night 2014-08-01, WFM: 11 biases", "night 2014-08-02, WFM: 9"])
+    reg.record_decisions(["2014-08-02"], ["night 2014-08-02, WFM: 10 biases"])
+    assert reg.decisions() == ["night 2014-08-01, WFM: 11 biases",
+                               "night 2014-08-02, WFM: 10 biases"]
+    reg.record_decisions(None, [])
+    assert reg.decisions() == []
+    reg.close()
