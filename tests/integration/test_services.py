@@ -17,10 +17,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pika
 import pytest
-from astropy.io import fits
 
 from musedrp import broker, s3server
 from musedrp.frames import classify_dir
@@ -32,7 +30,7 @@ from musedrp.storage import S3Store
 from musedrp.tags import Tag
 from musedrp.topology import EXCHANGE
 
-from .conftest import IFU, products, rabbitmqctl, throwaway_vhost
+from .conftest import IFU, assert_same_data, products, rabbitmqctl, throwaway_vhost
 
 pytestmark = pytest.mark.integration
 SUBMITTED = (Tag.BIAS, Tag.FLAT, Tag.OBJECT)
@@ -235,15 +233,7 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
             got = infra["workspace"] / "from-s3" / name
             store.get_file(mine[0], got)
             (ref,) = [p for p in products(out, stage, name) if p.parent.name == jobs[stage].key]
-            with fits.open(got) as a, fits.open(ref) as b:
-                assert len(a) == len(b)
-                for ha, hb in zip(a, b, strict=True):
-                    if ha.data is None:
-                        assert hb.data is None
-                    elif isinstance(ha, fits.BinTableHDU):
-                        assert ha.data.tobytes() == hb.data.tobytes(), name
-                    else:
-                        np.testing.assert_array_equal(ha.data, hb.data, err_msg=name)
+            assert_same_data(got, ref)
         manifest = store.get_json(f"{mine[0].rsplit('/', 1)[0]}/manifest.json")
         assert manifest["job_key"] == jobs[stage].key and manifest["run"]["cpus"] in ([0], [1])
     finished = [e for e in events.seen if e.type == "job.finished"]
