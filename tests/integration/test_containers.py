@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,7 +98,7 @@ class Containers:
 
     def start(self, image: str, memory: str, cpu: int, **settings: str) -> str:
         """Start one, as the manifests run it, and wait until it consumes its queue."""
-        name = f"musedrp-it-{image}-{self.workspace.name[-8:]}"
+        name = f"musedrp-it-{image}-{uuid.uuid4().hex[:8]}"
         scratch = self.workspace / "scratch" / image
         scratch.mkdir(parents=True, exist_ok=True)
         scratch.chmod(0o777)  # uid 10001 writes there
@@ -118,7 +119,8 @@ class Containers:
         return name
 
     def logs(self, image: str) -> str:
-        return podman("logs", self.names[image], check=False).stdout[-6000:]
+        proc = podman("logs", self.names[image], check=False)
+        return (proc.stdout + proc.stderr)[-6000:]
 
     def processes(self, image: str) -> str:
         return podman("top", self.names[image], "args", check=False).stdout
@@ -287,7 +289,7 @@ def test_the_rendered_manifests_run_as_a_pod_that_answers_a_work_order(infra, re
     pod = f"{dep['metadata']['name']}-pod-{container['name']}"
     try:
         deadline = time.monotonic() + 120
-        while "consuming work.bias" not in (logs := podman("logs", pod, check=False).stdout):
+        while "consuming work.bias" not in (logs := podman("logs", pod, check=False).stderr):
             assert time.monotonic() < deadline, logs[-3000:]
             time.sleep(0.5)
         (state,) = json.loads(podman("inspect", pod).stdout)
@@ -302,7 +304,7 @@ def test_the_rendered_manifests_run_as_a_pod_that_answers_a_work_order(infra, re
                                 payload=WorkOrder.model_validate(job.order)))
         events.wait(lambda _: events.finished(job.key, "cached"), 120,
                     "the pod's answer", fleet)
-        assert f"{job.key}" in podman("logs", pod).stdout
+        assert job.key in podman("logs", pod).stderr
     finally:
         podman("kube", "down", str(manifest), check=False)
 
@@ -319,9 +321,9 @@ def test_health_catches_a_consume_loop_stuck_beside_live_metrics(infra, rendered
         port = free_port()
         with psycopg.connect(url.replace("+psycopg", "")) as lock:
             lock.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
-            name = containers.start("planner", declared_memory(rendered, "planner"), 0,
-                                    metrics_port=str(port), liveness_s="5")
             try:
+                name = containers.start("planner", declared_memory(rendered, "planner"), 0,
+                                        metrics_port=str(port), liveness_s="5")
                 time.sleep(7)
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as r:
                     assert r.status == 200  # what the probes asked before
