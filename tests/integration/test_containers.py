@@ -28,6 +28,7 @@ import psycopg
 import pytest
 import yaml
 
+import musedrp
 from musedrp import s3server
 from musedrp.frames import classify_dir
 from musedrp.messages import Envelope, WorkOrder
@@ -70,6 +71,17 @@ def images() -> None:
                            f"SERVICES=planner {' '.join(STAGES)}"],
                           capture_output=True, text=True, timeout=1800, check=False)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+
+
+def test_the_image_holds_exactly_the_locked_packages(images):
+    listing = ("import importlib.metadata as m; "
+               "print(*sorted(f'{d.name}=={d.version}' for d in m.distributions()))")
+    out = podman("run", "--rm", "--entrypoint", "python3", f"musedrp-base:{TAG}", "-c",
+                 listing).stdout
+    lock = (ROOT / "docker" / "requirements.lock").read_text()
+    locked = {line.split(" ")[0] for line in lock.splitlines() if "==" in line}
+    norm = {pin.lower().replace("_", "-") for pin in out.split()}
+    assert norm == {pin.lower() for pin in locked} | {f"musedrp=={musedrp.__version__}"}
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +298,7 @@ def test_the_rendered_manifests_run_as_a_pod_that_answers_a_work_order(infra, re
     manifest = infra["workspace"] / "pod.yaml"
     manifest.write_text(yaml.safe_dump_all([config, dep]))
     podman("kube", "play", str(manifest))
-    pod = f"{dep['metadata']['name']}-pod-{container['name']}"
+    pod = f"{dep['metadata']['name']}-pod-0-{container['name']}"  # replica 0's container
     try:
         deadline = time.monotonic() + 120
         while "consuming work.bias" not in (logs := podman("logs", pod, check=False).stderr):
@@ -295,8 +307,10 @@ def test_the_rendered_manifests_run_as_a_pod_that_answers_a_work_order(infra, re
         (state,) = json.loads(podman("inspect", pod).stdout)
         memory = int(declared_memory(rendered, "bias").removesuffix("g")) * 2**30
         assert (state["Config"]["User"], state["HostConfig"]["ReadonlyRootfs"],
-                state["HostConfig"]["Memory"]) == ("10001", True, memory)
-        assert podman("healthcheck", "run", pod, check=False).returncode == 0  # the probe
+                state["HostConfig"]["Memory"]) == ("10001:10001", True, memory)
+        # the liveness probe became the container's health check, and it passes
+        assert "musedrp health" in " ".join(state["Config"]["Healthcheck"]["Test"])
+        assert podman("healthcheck", "run", pod, check=False).returncode == 0
 
         (job,) = [j for j in jobs_of(infra) if j.stage == "bias"]
         events = Events(infra["settings"])
