@@ -185,8 +185,7 @@ def test_a_night_reduced_by_worker_containers_as_by_musedrp_reduce(infra, night,
     fleet, containers, store = infra["fleet"], infra["containers"], infra["store"]
     for stage, cpu in STAGES.items():
         containers.start(stage, declared_memory(rendered, stage), cpu)
-    for name in ("ingest", "planner"):
-        start_consuming(fleet, name)
+    start_consuming(fleet, "ingest")
     events = Events(infra["settings"])
     raw, _ = night
     subset = infra["workspace"] / "submit"
@@ -194,7 +193,12 @@ def test_a_night_reduced_by_worker_containers_as_by_musedrp_reduce(infra, night,
     for f in classify_dir(raw)[0]:
         if f.tag in SUBMITTED:
             (subset / f.name).symlink_to(f.path)
-    submit(subset, infra["settings"], report=lambda _: None)
+    n = submit(subset, infra["settings"], report=lambda _: None)
+    # the planner starts once every frame is registered: it plans the night once, as
+    # `musedrp reduce` does (a plan during a slow upload would plan a part of the night too)
+    events.wait(lambda seen: len({e.payload.key for e in seen if e.type == "frame.registered"})
+                >= n, 300, "every frame registered", fleet)
+    start_consuming(fleet, "planner")
 
     # the bias container is killed (SIGKILL) in the middle of its recipe; a new one takes over
     deadline = time.monotonic() + 300
