@@ -237,8 +237,8 @@ def test_a_night_reduced_by_worker_containers_as_by_musedrp_reduce(infra, night,
             got = infra["workspace"] / "from-s3" / stage / name
             store.get_file(keys[name], got)
             assert_same_data(got, local / name)
-        manifest = store.get_json(keys["manifest.json"])
-        assert manifest["job_key"] == jobs[stage].key and manifest["run"]["cpus"] == [cpu]
+        stored = store.get_json(keys["manifest.json"])
+        assert stored["job_key"] == jobs[stage].key and stored["run"]["cpus"] == [cpu]
     finished = [e.payload for e in events.seen if e.type == "job.finished"]
     assert sorted(f.stage for f in finished if f.outcome == "succeeded") == sorted(STAGES)
 
