@@ -20,13 +20,16 @@ DEMO_OUT  := $(DEMO_DIR)/reduced-ifus$(DEMO_IFUS)-seed$(DEMO_SEED)
 setup: system $(STAMP)
 
 # the real ESO pipeline; promtool (Debian's prometheus) for the alert rules' tests; Chromium
-# and its driver for the QC report's test
+# and its driver for the QC report's test; podman (runc; buildah, debootstrap for the images)
+# for the container tests
 system:
 	@if ! command -v esorex >/dev/null || ! esorex --recipes 2>/dev/null | grep -q muse_bias \
-	    || ! command -v promtool >/dev/null || ! command -v chromedriver >/dev/null; then \
-		echo "installing esorex, cpl-plugin-muse, prometheus, chromium (Debian)"; \
+	    || ! command -v promtool >/dev/null || ! command -v chromedriver >/dev/null \
+	    || ! command -v podman >/dev/null || ! command -v runc >/dev/null \
+	    || ! command -v debootstrap >/dev/null; then \
+		echo "installing esorex, cpl-plugin-muse, prometheus, chromium, podman (Debian)"; \
 		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq esorex cpl-plugin-muse \
-			prometheus chromium chromium-driver; \
+			prometheus chromium chromium-driver podman buildah runc debootstrap; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -61,16 +64,15 @@ BENCHMARKS ?= overhead pinning fanout memory_models ingest_planning prompt_laten
 bench: setup
 	for b in $(BENCHMARKS); do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
-# container images, where an engine runs (none does on the build machines: CI lints them)
+# container images musedrp-base and musedrp-<service>, tagged TAG: docker where a daemon
+# runs, else podman (a Debian base made with debootstrap when no registry answers); see
+# docker/images.sh and docs/operations.md
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 GIT_SHA  := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 SERVICES := ingest planner bias flat wavecal lsf twilight scibasic standard scipost
-images:
-	docker build -f docker/base.Dockerfile --build-arg VERSION=$(VERSION) \
-		--build-arg GIT_SHA=$(GIT_SHA) -t musedrp-base:$(VERSION) .
-	for s in $(SERVICES); do \
-		docker build -f docker/service.Dockerfile --build-arg BASE=musedrp-base:$(VERSION) \
-			--build-arg SERVICE=$$s -t musedrp-$$s:$(VERSION) . || exit 1; done
+TAG      ?= $(VERSION)
+images: system
+	docker/images.sh $(VERSION) $(GIT_SHA) $(TAG) $(SERVICES)
 
 clean:
 	rm -rf $(DEMO_DIR)

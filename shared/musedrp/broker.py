@@ -239,6 +239,7 @@ class Consumer:
             raise ConfigError(f"{self.fatal} (message requeued; stopped)")
 
     def _consume(self) -> None:
+        metrics.LOOP_HEARTBEAT.set_to_current_time()
         connection = connect(self.settings)
         delay = 1.0
         while True:
@@ -251,6 +252,7 @@ class Consumer:
             self._wait_for_job()  # its ack is lost: the broker redelivers the message
             while not self.stopping:
                 time.sleep(delay)
+                metrics.LOOP_HEARTBEAT.set_to_current_time()
                 try:
                     connection = connect(self.settings)
                     delay = 1.0
@@ -262,8 +264,11 @@ class Consumer:
                 return
 
     def _wait_for_job(self) -> None:
-        if self._job is not None:
-            self._job.join()
+        """Until the running job ends (an hour, maybe), the loop alive all along."""
+        job = self._job
+        while job is not None and job.is_alive():
+            job.join(timeout=1)
+            metrics.LOOP_HEARTBEAT.set_to_current_time()
         self._job = None
 
     def _serve(self, connection: pika.BlockingConnection) -> None:
@@ -277,6 +282,7 @@ class Consumer:
         log.info("consuming %s", self.queue.name)
         next_idle = 0.0
         while True:
+            metrics.LOOP_HEARTBEAT.set_to_current_time()  # `musedrp health` reads it
             connection.process_data_events(time_limit=1)
             if self.stopping and tag in channel.consumer_tags:  # _settle may have cancelled
                 channel.basic_cancel(tag)

@@ -241,18 +241,16 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    """0 when this container's service answers on its metrics port (image HEALTHCHECK)."""
-    import urllib.request
-
+    """0 when this container's service answers on its metrics port and its consume loop goes
+    round (image HEALTHCHECK, Kubernetes probes)."""
+    from musedrp.service import health
     from musedrp.settings import Settings
 
-    port = Settings.load().metrics_port
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
-            return 0 if r.status == 200 else 1
-    except OSError as err:
-        print(f"musedrp: no answer on :{port}: {err}", file=sys.stderr)
+    settings = Settings.load()
+    if problem := health(settings.metrics_port, settings.liveness_s):
+        print(f"musedrp: {problem}", file=sys.stderr)
         return 1
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -394,7 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "(default: MUSEDRP_SERVICE)")
     c.set_defaults(func=cmd_service)
     c = sub.add_parser("health", help="exit 0 if this machine's service answers its metrics "
-                                      "port (MUSEDRP_METRICS_PORT)")
+                                      "port (MUSEDRP_METRICS_PORT) and its consume loop went "
+                                      "round within MUSEDRP_LIVENESS_S")
     c.set_defaults(func=cmd_health)
     return p
 

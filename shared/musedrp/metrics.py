@@ -45,6 +45,9 @@ INPUT_BYTES = Counter("musedrp_input_bytes_total",
                       "per-IFU job fetches only its IFU's extension)", ["stage"])
 PLANNED = Counter("musedrp_work_orders_total", "Work orders published by the planner",
                   ["stage"])
+LOOP_HEARTBEAT = Gauge("musedrp_consume_loop_heartbeat_timestamp_seconds",
+                       "When the consume loop last went round (Unix time); `musedrp health` "
+                       "fails when it is older than MUSEDRP_LIVENESS_S")
 BUILD = Gauge("musedrp_build_info", "Code and pipeline versions", ["version", "git_sha",
                                                                      "pipeline"])
 

@@ -7,12 +7,15 @@ import logging
 import os
 import shutil
 import tempfile
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import musedrp
 from musedrp import broker, esorex, logs, metrics
 from musedrp.errors import ConfigError
+from musedrp.metrics import LOOP_HEARTBEAT
 from musedrp.provenance import git_sha
 from musedrp.settings import Settings
 from musedrp.topology import queue
@@ -72,6 +75,24 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def health(port: int, limit_s: float) -> str:
+    """Why the service behind ``port`` is not healthy, '' when it is: its metrics port does not
+    answer, or its consume loop has not started, or has not gone round for ``limit_s`` (stuck:
+    the metrics thread answering alone is not health).  ``musedrp health``, the probes."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:  # noqa: S310
+            text = r.read().decode()
+    except OSError as err:
+        return f"no answer on :{port}: {err}"
+    name = LOOP_HEARTBEAT.describe()[0].name
+    beats = [line.split()[1] for line in text.splitlines() if line.startswith(f"{name} ")]
+    if not beats or float(beats[0]) == 0:
+        return "the consume loop has not started"
+    if (age := time.time() - float(beats[0])) > limit_s:
+        return f"the consume loop has not gone round for {age:.0f} s (limit {limit_s:g} s): stuck"
+    return ""
 
 
 def main(name: str, queue_name: str,

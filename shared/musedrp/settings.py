@@ -48,6 +48,7 @@ class Settings(BaseModel):
     delivery_limit: int = 3  # redeliveries of a message whose worker died (OOM, SIGKILL)
     plan_quiet_s: float = 10.0  # the planner plans after this long without a new frame
     metrics_port: int = 0  # 0: no metrics server
+    liveness_s: float = 120.0  # `musedrp health` fails once the consume loop is still this long
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
     sky: bool = False  # reduce SKY exposures too
     ifus: tuple[int, ...] = ()  # plan only these IFUs (default: every IFU in the data)

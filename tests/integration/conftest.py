@@ -14,7 +14,9 @@ from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
+import numpy as np
 import pytest
+from astropy.io import fits
 from sqlalchemy import create_engine, text
 
 from musedrp.registry import ensure_database
@@ -97,6 +99,20 @@ def manifest(out: Path, stage: str, ifu: int | None = IFU) -> dict:
     found = [json.loads(p.read_text()) for p in products(out, stage, "manifest.json")]
     (m,) = [m for m in found if m["ifu"] == ifu]
     return m
+
+
+def assert_same_data(got: Path, ref: Path) -> None:
+    """Every HDU of ``got`` holds the same pixels or table rows as in ``ref`` (headers may
+    differ: dates, file names)."""
+    with fits.open(got) as a, fits.open(ref) as b:
+        assert len(a) == len(b), got.name
+        for ha, hb in zip(a, b, strict=True):
+            if ha.data is None:
+                assert hb.data is None, got.name
+            elif isinstance(ha, fits.BinTableHDU):
+                assert ha.data.tobytes() == hb.data.tobytes(), got.name
+            else:
+                np.testing.assert_array_equal(ha.data, hb.data, err_msg=got.name)
 
 
 def rabbitmqctl(*args: str) -> None:
