@@ -174,31 +174,27 @@ class Plan:
     # of this plan (validating ~500 000 of them was a third of planning a year); whoever
     # decodes an order validates it whole.
 
+    def _once(self, key: tuple, make: Callable[[], InputFile]) -> InputFile:
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = make()
+        return found
+
     def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...],
                   per_ifu: bool) -> InputFile:
-        key = ("raw", f.path, ifu, ifus, per_ifu)
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = InputFile.model_construct(
-                tag=f.tag, path=f.path, ifu=ifu, job_key="",
-                datasum=",".join(f.datasums.get(i, "") for i in ifus),
-                ranges=ifu_ranges(f, ifu if per_ifu else None))
-        return found
+        return self._once(("raw", f.path, ifu, ifus, per_ifu), lambda: InputFile.model_construct(
+            tag=f.tag, path=f.path, ifu=ifu, job_key="",
+            datasum=",".join(f.datasums.get(i, "") for i in ifus),
+            ranges=ifu_ranges(f, ifu if per_ifu else None)))
 
-    def product_input(self, root: Path, upstream: WorkOrder, name: str) -> InputFile:
-        u = upstream
-        key = ("product", u.job_key, u.night, u.stage, u.setup, name)
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = InputFile.model_construct(
-                tag=_tag(name), path=str(root / u.product_dir / name), ifu=None,
-                job_key=u.job_key, datasum="")
-        return found
+    def product_input(self, root: Path, u: WorkOrder, name: str) -> InputFile:
+        return self._once(("product", u.job_key, u.product_dir, name),
+                          lambda: InputFile.model_construct(
+                              tag=_tag(name), path=str(root / u.product_dir / name), ifu=None,
+                              job_key=u.job_key, datasum=""))
 
     def static_input(self, tag: Tag, f: Frame) -> InputFile:
-        key = ("static", tag, f.path)
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = InputFile.model_construct(
-                tag=tag, path=f.path, ifu=None, job_key="", datasum=f.checksum)
-        return found
+        return self._once(("static", tag, f.path), lambda: InputFile.model_construct(
+            tag=tag, path=f.path, ifu=None, job_key="", datasum=f.checksum))
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> WorkOrder:
         """The plan's order of ``order``'s job: ``order``, or the same job planned before
