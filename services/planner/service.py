@@ -165,8 +165,7 @@ class Planner(Handler):
             frames = self.registry.load_frames(nights, SEARCH_DAYS)
             try:
                 plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
-                                  memory_gb=self.settings.memory_gb, reduce_sky=self.settings.sky,
-                                  nights=nights)
+                                  memory_gb=self.settings.memory_gb, nights=nights)
             except NoWork as err:
                 self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames),
                               err)

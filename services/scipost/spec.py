@@ -8,11 +8,13 @@ from musedrp.tags import Tag
 
 
 class ScipostParams(RecipeParams):
-    """muse_scipost options; defaults from the man page, except ``skymethod=simple`` (the
-    model method needs a SKY_LINES list, which ESO's kit has and the simulated night does not;
-    ``simple`` takes the sky from the darkest part of the object field) and ``save=cube``."""
+    """muse_scipost options; defaults from the man page, except ``save`` (the cube, and the
+    reduced pixel table muse_exp_combine combines) and ``skymethod``: the planner chooses it
+    per exposure as ESO's automatic mode does (``subtract-model`` with a SKY exposure's model,
+    ``model`` with a SKY_LINES list, MUSE.md §10); ``simple``, the darkest part of the field,
+    when neither exists."""
 
-    save: str = "cube"
+    save: str = "cube,individual"
     resample: Literal["nearest", "linear", "quadratic", "renka", "drizzle", "lanczos"] = "drizzle"
     dx: float = 0.0
     dy: float = 0.0
@@ -49,7 +51,8 @@ SPEC = StageSpec(
             Tag.OUTPUT_WCS, Tag.AUTOCAL_FACTORS, Tag.RAMAN_LINES, Tag.SKY_LINES,
             Tag.SKY_CONTINUUM, Tag.LSF_PROFILE, Tag.SKY_MASK)),
     ),
-    products=(Product(Tag.DATACUBE_FINAL), Product(Tag.IMAGE_FOV, numbered=True)),
+    products=(Product(Tag.DATACUBE_FINAL), Product(Tag.IMAGE_FOV, numbered=True),
+              Product(Tag.PIXTABLE_REDUCED, numbered=True, when="save:individual")),
     params=ScipostParams,
     per_ifu=False,
     # measured with skymethod=simple on 1-6 IFUs: 0.14 + 1.000 GB per IFU, linear to 1 %

@@ -99,8 +99,7 @@ def _plan(args: argparse.Namespace, out: Path, version: str, memory_gb: float,
             print(f"ignored {path}: {why}", file=notes)
     if not frames:
         raise NoWork(f"no FITS files in {args.raw_dir}")
-    return plan_night(frames, out.resolve(), version, args.ifus, memory_gb=memory_gb,
-                      reduce_sky=args.sky)
+    return plan_night(frames, out.resolve(), version, args.ifus, memory_gb=memory_gb)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -324,8 +323,6 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--memory", default=None,
                        type=positive(float, "--memory must be a positive number of GB"),
                        help="memory budget in GB (default: 85%% of what is available)")
-        c.add_argument("--sky", action="store_true",
-                       help="also reduce SKY exposures (when the object fills the field)")
         if name == "plan":
             c.add_argument("--json", action="store_true",
                            help="print the plan as data (as reduce writes OUT/plan.json)")

@@ -142,11 +142,14 @@ def write_sof(entries: Sequence[SofEntry], workdir: Path) -> Path:
         if re.search(r"\s", name):
             raise DataError(f"input file name contains white space, which a SOF cannot hold: "
                             f"{name!r}")
-        link = inputs / name
-        if link.is_symlink() or link.exists():
-            if link.resolve() != e.path.resolve():
-                raise DataError(f"two different inputs share the file name {name!r}")
-        else:
+        link, k = inputs / name, 1
+        # products of different jobs share names (every exposure's IMAGE_FOV_0001.fits):
+        # the second goes into inputs/2/, keeping the name esorex records
+        while (link.is_symlink() or link.exists()) and link.resolve() != e.path.resolve():
+            k += 1
+            link = inputs / str(k) / name
+        if not link.is_symlink():
+            link.parent.mkdir(exist_ok=True)
             link.symlink_to(e.path.resolve())
         lines.append(f"{link.relative_to(workdir)} {e.tag}")
     sof = workdir / SOF_FILE

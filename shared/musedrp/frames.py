@@ -89,6 +89,8 @@ class Frame(BaseModel):
     extents: dict[int, tuple[int, int]] = {}
     primary_size: int = 0
     temperature: float | None = None  # INS.TEMP7.VAL, deg C: musered's ILLUM choice uses it
+    # RA, DEC (deg) where the telescope pointed, offsets included: which exposures overlap
+    pointing: tuple[float, float] | None = None
     field: str = ""  # static calibrations: the INS.OPTI2.NAME they serve, "" for both WFM and NFM
     checksum: str = ""  # static calibrations: SHA-256 of the whole file, their identity in job keys
 
@@ -362,7 +364,18 @@ def classify_header(h: fits.Header, extensions: Iterable[fits.Header] = ()) -> d
         lamps=decode_lamps(h), target=_card(h, "OBS.TARG.NAME", _text, ""),
         ifus=tuple(sorted(chans)), datasums={ifu: datasum for ifu, (_, datasum) in chans.items()},
         temperature=_card(h, "INS.TEMP7.VAL", _number, None),
+        pointing=_pointing(h),
     )
+
+
+def _pointing(h: fits.Header) -> tuple[float, float] | None:
+    """RA, DEC if both are there (calibrations may have neither); a bad value is an error."""
+    ra, dec = _card(h, "RA", _number, None), _card(h, "DEC", _number, None)
+    if ra is None or dec is None:
+        return None
+    if not (0.0 <= ra < 360.0 and -90.0 <= dec <= 90.0):
+        raise ValueError(f"RA/DEC {ra}, {dec} are not sky coordinates")
+    return ra, dec
 
 
 def _setup(h: fits.Header) -> Setup:

@@ -14,6 +14,7 @@ or why not, every choice with a decision.
 
 import hashlib
 import json
+import math
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -78,7 +79,7 @@ class Index:
 # Frames of kinds no stage consumes, and why.
 UNUSED = {
     Tag.ARC_LSF: "long LSF arc sequences are not used: muse_lsf runs on the night's arcs",
-    Tag.SKY: "sky frames are reduced only when the object fills the field (musedrp --sky)",
+    Tag.SKY: "no object exposure of its setup on its night to take a sky model from it",
     Tag.ASTROMETRY: "astrometric fields are not reduced: muse_scipost uses the static "
                     "ASTROMETRY_WCS calibration",
     Tag.DARK: "darks are not used (as in ESO's on-line pipeline)",
@@ -312,7 +313,7 @@ class Night:
     memory_gb: float | None
     ref: float
     statics: dict[Tag, tuple[Frame | None, str]] = field(default_factory=dict)
-    resolved: dict[str, tuple[RecipeParams, dict]] = field(default_factory=dict)
+    resolved: dict[tuple, tuple[RecipeParams, dict]] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -323,9 +324,11 @@ class Night:
 
     def order(self, stage: str, ifu: int | None, raw: Sequence[Frame],
               calibs: Sequence[tuple[WorkOrder, str]], statics: Sequence[Tag] = (),
-              reasons: Sequence[str] = (), n_ifus: int = 1, products=None) -> WorkOrder:
+              reasons: Sequence[str] = (), n_ifus: int = 1, products=None,
+              params: dict | None = None) -> WorkOrder:
+        """``params``: the planner's choice for this job (the user's overrides win)."""
         spec = BY_NAME[stage].spec
-        model, params = self.params(stage)
+        model, params = self.params(stage, params)
         plan, ifus = self.plan, (ifu,) if ifu else tuple(self.ifus)
         inputs = [plan.raw_input(f, ifu, ifus, spec.per_ifu) for f in raw]
         inputs += [plan.product_input(self.out_root, u, name) for u, name in calibs]
@@ -344,12 +347,13 @@ class Night:
         )
         return self.plan.add(order, [*raw, *(self.statics[t][0] for t in statics)])
 
-    def params(self, stage: str) -> tuple[RecipeParams, dict]:
-        """The stage's resolved parameters (model and dict), once per night."""
-        if stage not in self.resolved:
-            model = BY_NAME[stage].spec.params(**self.overrides.get(stage, {}))
-            self.resolved[stage] = model, model.model_dump()
-        return self.resolved[stage]
+    def params(self, stage: str, chosen: dict | None = None) -> tuple[RecipeParams, dict]:
+        """The stage's resolved parameters (model and dict), once per night and choice."""
+        key = (stage, *sorted((chosen or {}).items()))
+        if key not in self.resolved:
+            model = BY_NAME[stage].spec.params(**(chosen or {}) | self.overrides.get(stage, {}))
+            self.resolved[key] = model, model.model_dump()
+        return self.resolved[key]
 
     def static(self, tag: Tag, required: bool = True) -> bool:
         """Choose the static file of ``tag`` once; False (with a decision) if there is none."""
@@ -556,8 +560,7 @@ CALIBRATION_TAGS = (Tag.BIAS, Tag.FLAT, Tag.ARC, Tag.SKYFLAT)
 
 def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
                ifus: Iterable[int] | None = None, overrides: dict[str, dict] | None = None,
-               memory_gb: float | None = None, reduce_sky: bool = False,
-               nights: Iterable[str] | None = None) -> Plan:
+               memory_gb: float | None = None, nights: Iterable[str] | None = None) -> Plan:
     """Plan the whole cascade for every (night, setup) of the science frames, and the
     calibrations of every night without science; only ``nights`` if given (``frames`` must
     then hold every frame within ``SEARCH_DAYS`` of them: the candidates they may use).
@@ -605,7 +608,7 @@ def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
             continue
         illum = choose_illum(n, min(sci, key=lambda f: (abs(f.mjd - n.ref), f.mjd)))
         twilight = plan_twilight(n, cal, illum)
-        plan_science(n, cal, twilight, reduce_sky)
+        plan_science(n, cal, twilight)
     plan_calibration_nights(plan, calib_only, out_root, version, ifus, overrides or {},
                             memory_gb)
     return plan
@@ -645,8 +648,9 @@ def adjacent_run(ifus: Sequence[int], length: int = 3) -> bool:
     return any(all(i + k in have for k in range(length)) for i in have)
 
 
-def plan_science(n: Night, cal, twilight: WorkOrder | None, reduce_sky: bool) -> None:
-    """scibasic per exposure and IFU; standard from the chosen star; scipost per exposure."""
+def plan_science(n: Night, cal, twilight: WorkOrder | None) -> None:
+    """scibasic per exposure and IFU; standard from the chosen star; a sky model per SKY
+    exposure; scipost per exposure; alignment and combination per target."""
     plan = n.plan
     if not n.static(Tag.GEOMETRY_TABLE):
         return
@@ -661,8 +665,8 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None, reduce_sky: bool) ->
             n.decide(f"standard star {std.target} ({std.name}) chosen: same night, "
                      f"{hours(std.mjd - n.ref)} from the science")
     objects = [f for f in n.science if f.tag == Tag.OBJECT]
-    skies = [f for f in plan.index.near(Tag.SKY, n.ref, 1.0) if f.night == n.night] \
-        if reduce_sky else []
+    skies = _usable(plan, [f for f in plan.index.near(Tag.SKY, n.ref, 1.0)
+                           if f.night == n.night], n.setup, READOUT_AND_MODE, "muse_create_sky")
     extra = [_product(twilight, Tag.TWILIGHT_CUBE)] if twilight else []
     if twilight is None:
         n.decide("no TWILIGHT_CUBE: scibasic runs without the twilight correction")
@@ -704,9 +708,91 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None, reduce_sky: bool) ->
     if Tag.ASTROMETRY_WCS not in statics:
         n.decide("no ASTROMETRY_WCS: muse_scipost uses its built-in default astrometry")
     lsf = [_product(cal["lsf"][ifu], Tag.LSF_PROFILE) for ifu in n.ifus if ifu in cal["lsf"]]
+    flux = [_product(response, Tag.STD_RESPONSE), _product(response, Tag.STD_TELLURIC)]
+    cubes = {}
     for exposure in objects:
         tables = [_product(o, Tag.PIXTABLE_OBJECT) for o in pixtables[exposure.path].values()]
-        n.order("scipost", None, [], [*tables, _product(response, Tag.STD_RESPONSE),
-                                      _product(response, Tag.STD_TELLURIC), *lsf],
-                statics, [f"exposure {exposure.name}; response from {std.name}"],
-                n_ifus=len(n.ifus))
+        method, sky, why = choose_sky(n, exposure, skies, pixtables, flux, lsf, statics)
+        n.decide(f"{exposure.name}: {why}")
+        cubes[exposure.path] = n.order(
+            "scipost", None, [], [*tables, *flux, *lsf, *sky],
+            statics + ([Tag.SKY_LINES] if method == "model" else []),
+            [f"exposure {exposure.name}; response from {std.name}", why], n_ifus=len(n.ifus),
+            params={"skymethod": method})
+    plan_combination(n, objects, cubes)
+
+
+def choose_sky(n: Night, exposure: Frame, skies: Sequence[Frame], pixtables, flux, lsf,
+               statics: Sequence[Tag]) -> tuple[str, list[tuple[WorkOrder, str]], str]:
+    """ESO's automatic sky (MUSE.md §10): the model of the SKY exposure closest in time
+    (``subtract-model``); without one, a model from the object field's darkest spaxels
+    (``model``); both need a SKY_LINES list and every IFU's LSF, else ``simple``."""
+    missing = [what for what, ok in (("a SKY_LINES list", n.static(Tag.SKY_LINES, False)),
+                                     ("an LSF_PROFILE of every IFU", len(lsf) == len(n.ifus)))
+               if not ok]
+    if missing:
+        return "simple", [], (f"sky: simple (the darkest part of the field): a sky model "
+                              f"needs {' and '.join(missing)}")
+    sky = min(skies, key=lambda f: (abs(f.mjd - exposure.mjd), f.mjd, f.arcfile), default=None)
+    if sky is None:
+        return "model", [], (f"sky: model, fitted to the darkest "
+                             f"{n.params('scipost')[0].skymodel_fraction:.0%} of "
+                             f"the field: no SKY exposure of this setup on night {n.night}")
+    tables = [_product(o, Tag.PIXTABLE_SKY) for o in pixtables[sky.path].values()]
+    model = n.order("sky", None, [], [*tables, *flux, *lsf],
+                    [*statics[:1], Tag.SKY_LINES], [f"SKY exposure {sky.name}"],
+                    n_ifus=len(n.ifus))
+    return "subtract-model", [_product(model, Tag.SKY_LINES), _product(model, Tag.SKY_CONTINUUM)], \
+        f"sky: subtract-model, the model of SKY exposure {sky.name}, " \
+        f"{hours(sky.mjd - exposure.mjd)} away"
+
+
+# Exposures are combined when their field centres are closer than half the WFM field; the
+# recipe's limit is far wider (0.5 deg), but farther apart they hardly overlap
+OVERLAP_ARCSEC = 30.0
+
+
+def separation(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """Arcsec between two (RA, DEC) pointings (flat sky: the fields are arcminutes apart)."""
+    dra = (a[0] - b[0] + 180.0) % 360.0 - 180.0
+    return 3600.0 * math.hypot(dra * math.cos(math.radians((a[1] + b[1]) / 2)), a[1] - b[1])
+
+
+def plan_combination(n: Night, objects: Sequence[Frame], cubes: dict[str, WorkOrder]) -> None:
+    """Per target: muse_exp_align on the exposures' field images, muse_exp_combine of their
+    reduced pixel tables with the checked offsets.  Exposures whose field overlaps no other
+    (by the header pointings) stay single, with the reason."""
+    by_target: dict[str, list[Frame]] = defaultdict(list)
+    for e in objects:
+        if e.path in cubes:
+            by_target[e.target or "(no target name)"].append(e)
+    for target, exposures in sorted(by_target.items()):
+        keep = []
+        for e in exposures:
+            others = [separation(e.pointing, o.pointing) for o in exposures
+                      if o is not e and o.pointing and e.pointing]
+            if e.pointing is None:
+                n.decide(f"{e.name} not combined: no RA/DEC in its header to place it")
+            elif len(exposures) > 1 and min(others, default=math.inf) > OVERLAP_ARCSEC:
+                n.decide(f"{e.name} not combined: its field centre is {min(others):.0f} "
+                         f"arcsec from the nearest other exposure of {target}, more than the "
+                         f"{OVERLAP_ARCSEC:g} arcsec at which fields still overlap")
+            else:
+                keep.append(e)
+        if len(keep) < 2:
+            n.decide(f"{target}: {len(keep)} exposure(s) to combine: no alignment or combined "
+                     "cube, the exposure cubes are the product")
+            continue
+        names = ", ".join(e.name for e in keep)
+        align = n.order("align", None, [], [_product(cubes[e.path], Tag.IMAGE_FOV)
+                                             for e in keep],
+                        reasons=[f"{target}: {len(keep)} exposures ({names})"],
+                        products=["OFFSET_LIST.fits", "PREVIEW_FOV.fits",
+                                  *(f"SOURCE_LIST_{i:04d}.fits" for i in range(1, len(keep) + 1))])
+        statics = [Tag.FILTER_LIST] if n.static(Tag.FILTER_LIST, required=False) else []
+        n.order("combine", None, [], [*(_product(cubes[e.path], Tag.PIXTABLE_REDUCED)
+                                            for e in keep), _product(align, Tag.OFFSET_LIST)],
+                statics, [f"{target}: {len(keep)} exposures ({names}), offsets from "
+                          "muse_exp_align, checked"], n_ifus=len(n.ifus) * len(keep))
+        n.decide(f"{target}: {len(keep)} exposures aligned (muse_exp_align) and combined "
+                 "(muse_exp_combine) into one cube")

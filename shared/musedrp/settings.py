@@ -50,7 +50,6 @@ class Settings(BaseModel):
     metrics_port: int = 0  # 0: no metrics server
     liveness_s: float = 120.0  # `musedrp health` fails once the consume loop is still this long
     log_format: str = Field("auto", pattern="^(auto|json|text)$")
-    sky: bool = False  # reduce SKY exposures too
     ifus: tuple[int, ...] = ()  # plan only these IFUs (default: every IFU in the data)
 
     @model_validator(mode="after")

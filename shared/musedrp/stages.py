@@ -56,7 +56,16 @@ class Input:
 @dataclass(frozen=True)
 class Product:
     tag: Tag
-    when: str = ""  # the option that enables an optional product
+    # the option that enables an optional product: a boolean, or ``option:word`` for a
+    # comma-separated list option that must contain the word (``save:individual``)
+    when: str = ""
+
+    def enabled(self, params: "RecipeParams") -> bool:
+        name, _, word = self.when.partition(":")
+        if not name:
+            return True
+        value = getattr(params, name)
+        return word in str(value).split(",") if word else bool(value)
     numbered: bool = False  # esorex numbers it per input frame: <tag>_0001[-<ifu>].fits
 
 
@@ -110,7 +119,7 @@ class StageSpec:
         Our jobs give numbered products exactly one input exposure, hence ``_0001``."""
         suffix = f"-{ifu:02d}" if self.per_ifu and ifu else ""
         return [f"{p.tag}{'_0001' if p.numbered else ''}{suffix}.fits" for p in self.products
-                if not p.when or getattr(params, p.when)]
+                if p.enabled(params)]
 
     def headline_qc(self, tag: Tag, qc: dict[str, object]) -> dict[str, object]:
         patterns = [re.compile(p) for p in self.qc.get(tag, ())]

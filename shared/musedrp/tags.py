@@ -71,6 +71,9 @@ class Tag(StrEnum):
     RAMAN_IMAGES = "RAMAN_IMAGES"
     SKY_IMAGE = "SKY_IMAGE"
     SKY_SPECTRUM = "SKY_SPECTRUM"
+    PREVIEW_FOV = "PREVIEW_FOV"
+    SOURCE_LIST = "SOURCE_LIST"
+    EXPOSURE_MAP = "EXPOSURE_MAP"
 
 
 # Static calibrations: ESO ships them in its calibration kit (MUSE.md §6), never reduced here.

@@ -43,7 +43,10 @@ STAGES: Final = (
     Stage("twilight", needs=("bias", "flat", "wavecal")),
     Stage("scibasic", needs=("bias", "flat", "wavecal", "twilight")),
     Stage("standard", needs=("scibasic",)),
-    Stage("scipost", needs=("scibasic", "standard", "lsf")),
+    Stage("sky", needs=("scibasic", "standard", "lsf")),  # muse_create_sky
+    Stage("scipost", needs=("scibasic", "standard", "lsf", "sky")),
+    Stage("align", needs=("scipost",)),  # muse_exp_align
+    Stage("combine", needs=("scipost", "align")),  # muse_exp_combine
 )
 BY_NAME: Final = {s.name: s for s in STAGES}
 

@@ -177,6 +177,20 @@ def test_names_a_sof_cannot_hold_are_refused(tmp_path):
         esorex.write_sof([esorex.SofEntry(bad, Tag.BIAS)], tmp_path / "w")
 
 
+def test_inputs_of_the_same_name_from_different_jobs_both_reach_the_sof(tmp_path):
+    """Every exposure's cube job writes IMAGE_FOV_0001.fits: muse_exp_align reads them all."""
+    paths = []
+    for job in ("a", "b", "c"):
+        (tmp_path / job).mkdir()
+        paths.append(tmp_path / job / "IMAGE_FOV_0001.fits")
+        paths[-1].write_text(job)
+    work = tmp_path / "w"
+    sof = esorex.write_sof([esorex.SofEntry(p, Tag.IMAGE_FOV) for p in [*paths, paths[0]]], work)
+    lines = [line.split() for line in sof.read_text().splitlines()]
+    assert [(work / name).read_text() for name, _ in lines] == ["a", "b", "c", "a"]
+    assert all(Path(name).name == "IMAGE_FOV_0001.fits" for name, _ in lines)
+
+
 def test_parse_log_levels():
     errors, warnings, versions = esorex.parse_log(
         "10:00:00 [ ERROR ] muse_wavecal: [tid=000] bad\n"

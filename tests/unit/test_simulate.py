@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 
 from musedrp.frames import classify_file
-from musedrp.simulate import detector, night
+from musedrp.simulate import detector, field, night, stars
 from musedrp.simulate.history import Drift, instrument_on
 
 
@@ -54,6 +54,50 @@ def test_night_content():
     arcs = [e.lamps for e in frames if e.kind == "arc"]
     assert sorted(set(arcs)) == [(3,), (4,), (5,)] and all(arcs.count(a) == 5 for a in set(arcs))
     assert len({e.arcfile for e in frames}) == len(frames)
+
+
+def test_the_science_template_is_dithered_with_a_sky_field():
+    frames = [e for e in night.schedule(date(2014, 8, 1), seed=3)
+              if e.tpl_id == "MUSE_wfm_obs_genericoffset"]
+    assert [e.kind for e in frames] == ["object", "object", "sky", "object"]
+    assert len({e.offset for e in frames}) == 4
+    assert all(0 < max(map(abs, e.error)) <= night.POINTING_ERROR for e in frames)
+    h = night.primary_header(frames[1])
+    east, north = frames[1].offset
+    assert h["RA"] - night.NGC6397[0] == pytest.approx(east / 3600 / np.cos(np.radians(
+        night.NGC6397[1])))
+    assert h["DEC"] - night.NGC6397[1] == pytest.approx(north / 3600)
+    assert (h["ESO SEQ CUMOFFSETA"], h["ESO SEQ CUMOFFSETD"]) == (east, north)
+    assert h["ESO TEL TARG ALPHA"] == 174042.096 and h["ESO TEL TARG DELTA"] == -534027.48
+    assert h["ESO DPR TYPE"] == "OBJECT" and night.primary_header(frames[2])["ESO DPR TYPE"] \
+        == "SKY"
+
+
+def test_star_field_luminosity_function_and_spectra():
+    field = stars.star_field(1)
+    assert field == stars.star_field(1) != stars.star_field(2)
+    flux = np.array([s.flux for s in field])
+    bright = flux > stars.BRIGHTEST * 10 ** (-0.4 * 3)  # the brightest 3 magnitudes
+    assert 0.03 < bright.mean() < 0.2  # many faint stars, few bright (10^0.3 per magnitude)
+    assert {s.kind for s in field} == set(stars.TYPES)
+    lam = np.array([6540.0, 6562.8, 7000.0])
+    a = stars.stellar_shape("A", lam)
+    assert a[1] < 0.7 * a[0] and a[2] == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_star_puts_its_whole_flux_into_the_slices():
+    """Summed over the IFUs it falls on, a star gives flux x electrons-per-flux x time in
+    every wavelength row: the PSF is integrated over each spaxel, none lost, none doubled."""
+    star = [stars.Star(east=0.0, north=0.0, flux=1e-15, kind="G")]
+    xy = np.array([[-40.3, -120.6]])  # between slices of IFU 2, off the spaxel grid
+    lam = detector.wavelength_rows()
+    total = np.zeros(len(lam))
+    for ifu in (1, 2, 3):
+        light = stars.light(ifu, field.slice_index(ifu), lam, xy, star, 600.0)
+        if light is not None:
+            total += light.sum(axis=1)
+    expected = 1e-15 * stars.ELECTRONS_PER_FLUX * 600.0 * stars.stellar_shape("G", lam)
+    np.testing.assert_allclose(total, expected, rtol=2e-3)
 
 
 def test_deterministic_for_a_seed(tmp_path):

@@ -36,7 +36,7 @@ def man_products(text: str) -> dict[str, bool]:
     """Product tag -> whether the recipe always writes it (no "if --option" condition)."""
     table = text.split("Product frames for raw frame tag", 1)[1].split("\n  Input frames", 1)[0]
     table = table.split("OPTIONS", 1)[0]
-    return {m[1]: not re.search(r"\(if |\bif --", m[2]) for m in
+    return {m[1]: not re.search(r"\((only )?if |\bif --", m[2]) for m in
             re.finditer(r"^\s+([A-Z_]+)\s+(?:final|intermed)\s+(.*)$", table, re.M)}
 
 

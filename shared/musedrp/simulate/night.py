@@ -12,6 +12,7 @@ can check the products.
 """
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from musedrp.simulate import detector, field, lines
+from musedrp.simulate import detector, field, lines, stars
 from musedrp.simulate.static import STANDARD_STARS, write_static
 
 MJD_EPOCH = datetime(1858, 11, 17)
@@ -53,6 +54,13 @@ class Exposure:
     target: str = ""
     radec: tuple[float, float] = NGC6397
     mode: tuple[str, str] = NOAO  # INS.MODE, INS.OPTI1.NAME
+    offset: tuple[float, float] = (0.0, 0.0)  # commanded (east, north) arcsec: in the header
+    error: tuple[float, float] = (0.0, 0.0)  # pointing error (east, north) arcsec: not
+
+    @property
+    def pointing(self) -> tuple[float, float]:
+        """Where the field centre really was, (east, north) arcsec from the target."""
+        return self.offset[0] + self.error[0], self.offset[1] + self.error[1]
 
     @property
     def arcfile(self) -> str:
@@ -80,7 +88,24 @@ def _template(kind, dpr, tpl_id, start, n, step_s, exptime, **kw) -> list[Exposu
     ]
 
 
-def schedule(night: date) -> list[Exposure]:
+# the OB's offsets (east, north arcsec from the target) and kinds, as MUSE_wfm_obs_genericoffset
+# takes them: three dithered exposures of the field and one of an empty sky field between them
+DITHERS = (((0.0, 0.0), "object"), ((1.6, 1.0), "object"), ((400.0, 300.0), "sky"),
+           ((-1.2, 2.0), "object"))
+POINTING_ERROR = 0.4  # arcsec, at most, per axis: what the telescope offsets get wrong
+
+
+def dithers(start: datetime, seed: int) -> list[Exposure]:
+    """The science template: dithered exposures with pointing errors (seeded), and a SKY."""
+    errors = np.random.default_rng([seed, 16]).uniform(-POINTING_ERROR, POINTING_ERROR,
+                                                        (len(DITHERS), 2)).round(3)
+    return [Exposure(kind, ("SCIENCE", kind.upper()), "MUSE_wfm_obs_genericoffset", start,
+                     len(DITHERS), i + 1, start + timedelta(seconds=700 * i + 1.5), 600.0,
+                     target="NGC6397", offset=offset, error=tuple(map(float, err)))
+            for i, ((offset, kind), err) in enumerate(zip(DITHERS, errors, strict=True))]
+
+
+def schedule(night: date, seed: int = 1) -> list[Exposure]:
     """The night's frames in time order; ``night`` is the date at the start of the night."""
     d = datetime(night.year, night.month, night.day)
     cal = ("CALIB", "BIAS")
@@ -110,8 +135,7 @@ def schedule(night: date) -> list[Exposure]:
                    lamps=(1, 2), mode=AO),
         *_template("illum", ("CALIB", "FLAT,LAMP,ILLUM"), "MUSE_wfm_cal_illum",
                    d + timedelta(hours=27), 1, 0, 5.0, lamps=(1, 2)),
-        *_template("object", ("SCIENCE", "OBJECT"), "MUSE_wfm_obs_genericoffset",
-                   d + timedelta(hours=27, minutes=5), 3, 700, 600.0, target="NGC6397"),
+        *dithers(d + timedelta(hours=27, minutes=5), seed),
         *_template("std", ("CALIB", "STD"), "MUSE_wfm_cal_specphot",
                    d + timedelta(hours=30, minutes=30), 1, 0, 60.0, target="SIMSTD1",
                    radec=STANDARD_STARS["SIMSTD1"]),
@@ -143,7 +167,9 @@ def primary_header(e: Exposure) -> fits.Header:
     h["INSTRUME"] = "MUSE"
     h["TELESCOP"] = "ESO-VLT-U4"
     h["OBJECT"] = e.target or e.dpr[1]
-    h["RA"], h["DEC"], h["EQUINOX"] = ra, dec, 2000.0
+    east, north = e.offset
+    h["RA"] = ra + east / 3600.0 / np.cos(np.radians(dec))
+    h["DEC"], h["EQUINOX"] = dec + north / 3600.0, 2000.0
     h["EXPTIME"] = e.exptime
     h["MJD-OBS"] = round(mjd(e.start), 8)
     h["UTC"] = float((e.start - e.start.replace(hour=0, minute=0, second=0,
@@ -185,20 +211,36 @@ def primary_header(e: Exposure) -> fits.Header:
     h[f"{eso} DET READ CURNAME"] = curname
     h[f"{eso} DET BINX"] = 1
     h[f"{eso} DET BINY"] = biny
+    h[f"{eso} TEL TARG ALPHA"], h[f"{eso} TEL TARG DELTA"] = eso_alpha(ra), eso_delta(dec)
+    h[f"{eso} SEQ CUMOFFSETA"], h[f"{eso} SEQ CUMOFFSETD"] = e.offset  # arcsec
+    h[f"{eso} OCS SGS AG FWHMX MED"] = h[f"{eso} OCS SGS AG FWHMY MED"] = stars.SEEING
     h[f"{eso} TEL AIRM START"] = 1.004
     h[f"{eso} TEL AIRM END"] = 1.004
     h[f"{eso} TEL AMBI PRES START"] = 744.0
     h[f"{eso} TEL AMBI PRES END"] = 744.0
     h[f"{eso} TEL AMBI TEMP"] = 12.0
     h[f"{eso} TEL AMBI RHUM"] = 10.0
-    h[f"{eso} TEL AMBI FWHM START"] = 0.8
-    h[f"{eso} TEL AMBI FWHM END"] = 0.8
+    h[f"{eso} TEL AMBI FWHM START"] = h[f"{eso} TEL AMBI FWHM END"] = stars.SEEING
     h[f"{eso} TEL PARANG START"] = 0.0
     h[f"{eso} TEL PARANG END"] = 0.0
     h[f"{eso} TEL GEOLAT"] = -24.6270
     h[f"{eso} TEL GEOLON"] = -70.4040
     h[f"{eso} TEL GEOELEV"] = 2648.0
     return h
+
+
+def eso_alpha(ra: float) -> float:
+    """RA in ESO's HHMMSS.sss number (TEL.TARG.ALPHA)."""
+    h, rest = divmod(ra / 15.0 * 3600.0, 3600.0)
+    m, sec = divmod(rest, 60.0)
+    return round(h * 10000 + m * 100 + sec, 3)
+
+
+def eso_delta(dec: float) -> float:
+    """Dec in ESO's (-)DDMMSS.ss number (TEL.TARG.DELTA)."""
+    d, rest = divmod(abs(dec) * 3600.0, 3600.0)
+    m, sec = divmod(rest, 60.0)
+    return math.copysign(round(d * 10000 + m * 100 + sec, 2), dec)
 
 
 # Spectral shapes in electrons per pixel row of a slice.
@@ -224,7 +266,7 @@ def spectrum(e: Exposure, lam: np.ndarray) -> np.ndarray | None:
             return _twilight(lam)
         case "arc":
             return lines.arc_spectrum(LAMP_NAMES[e.lamps[0]], lam, detector.DISPERSION)
-        case "object" | "std" | "astrometry":
+        case "object" | "sky" | "std" | "astrometry":
             return field.night_sky(lam, e.exptime)
     return None
 
@@ -250,6 +292,17 @@ class Instrument:
 NOMINAL = Instrument()
 
 
+class _Fields(dict):
+    """The star field of each seed, made once per process."""
+
+    def __missing__(self, seed: int) -> list[stars.Star]:
+        self[seed] = stars.star_field(seed)
+        return self[seed]
+
+
+FIELD = _Fields()
+
+
 def electrons(e: Exposure, ifu: int, seed: int, biny: int,
               instrument: Instrument = NOMINAL) -> np.ndarray | None:
     """Illumination of the trimmed CCD in electrons, or None for frames without light.
@@ -265,6 +318,10 @@ def electrons(e: Exposure, ifu: int, seed: int, biny: int,
     if e.kind == "std" and (star := field.star_image(ifu, index, biny)) is not None:
         shape = (field.STAR_PEAK * e.exptime / 60.0 * field.star_shape(lam)).astype(np.float32)
         light = light + shape[:, None] * star
+    if e.kind == "object" and (more := stars.light(
+            ifu, index, lam, stars.spaxels(FIELD[seed], e.pointing), FIELD[seed], e.exptime,
+            biny)) is not None:
+        light = light + more
     per_slice = (instrument.throughput.get(ifu, 1.0)
                  * slice_throughput(ifu, seed)).astype(np.float32)[index]
     return detector.slice_mask(ifu, biny) * per_slice * light * biny
@@ -301,6 +358,10 @@ class Truth:
     slice_centres_mid: dict[int, list[float]] = dataclass_field(default_factory=dict)
     slice_throughput: dict[int, list[float]] = dataclass_field(default_factory=dict)
     frames: list[dict] = dataclass_field(default_factory=list)
+    # the science field: stars (arcsec from the target), each exposure's offsets, the PSF
+    target: tuple[float, float] = NGC6397
+    seeing: float = stars.SEEING
+    stars: list[dict] = dataclass_field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> "Truth":
@@ -318,7 +379,7 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
     """Write the whole night (or only ``exposures``; the static stand-ins unless ``static``
     is false) into ``out`` and return (and save) the truth."""
     out.mkdir(parents=True, exist_ok=True)
-    exposures = schedule(night) if exposures is None else exposures
+    exposures = schedule(night, seed) if exposures is None else exposures
     truth = Truth(night=night.isoformat(), seed=seed, ifus=list(ifus))
     for ifu in ifus:
         truth.ports[ifu] = [asdict(p) for p in instrument.ports(ifu, seed)]
@@ -327,7 +388,11 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
         truth.slice_throughput[ifu] = slice_throughput(ifu, seed).round(4).tolist()
     truth.frames = [{"file": e.file_name(compress), "kind": e.kind, "readout": e.readout[0],
                      "mode": e.mode[0],
-                     "tpl_start": e.tpl_start.isoformat(), "target": e.target} for e in exposures]
+                     "tpl_start": e.tpl_start.isoformat(), "target": e.target,
+                     "date_obs": e.start.isoformat(timespec="milliseconds"),
+                     "offset": list(e.offset), "error": list(e.error)} for e in exposures]
+    if any(e.kind == "object" for e in exposures):
+        truth.stars = stars.as_dicts(FIELD[seed])
     workers = workers or len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(write_exposure, e, list(ifus), seed, out, compress, instrument)

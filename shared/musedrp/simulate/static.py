@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
-from musedrp.simulate import detector, field, lines
+from musedrp.simulate import detector, field, lines, stars
 
 STANDARD_STARS = {"SIMSTD1": (0.0, -30.0), "SIMSTD2": (30.0, -20.0)}  # RA, DEC [deg]
 
@@ -100,6 +100,25 @@ def astrometry_wcs() -> fits.HDUList:
     return fits.HDUList([p])
 
 
+def sky_lines() -> fits.HDUList:
+    """The simulated night's sky lines, one group each, with first-guess fluxes in
+    10**(-20)*erg/(s cm^2 arcsec^2) (muse_create_sky and ``--skymethod=model`` fit them)."""
+    lam = np.array([w for w, _ in field.SKY_LINES])
+    peak = np.array([p for _, p in field.SKY_LINES])
+    # electrons of a line in 600 s (Gaussian, FWHM 2.5 A over 1.25 A rows) -> flux per arcsec^2
+    electrons = peak * np.sqrt(2 * np.pi) * 2.5 / 2.3548 / detector.DISPERSION
+    flux = electrons / 600.0 * detector.DISPERSION / stars.ELECTRONS_PER_FLUX \
+        / stars.SPAXEL**2 * 1e20
+    n = len(lam)
+    return fits.HDUList([_primary("SKY_LINES"), _table([
+        fits.Column("name", "8A", array=[f"L{w:.0f}" for w in lam]),
+        fits.Column("group", "J", array=np.arange(n)),
+        fits.Column("lambda", "D", unit="Angstrom", array=lam),
+        fits.Column("flux", "D", unit="10**(-20)*erg/(s cm^2 arcsec^2)", array=flux),
+        fits.Column("dq", "J", array=np.zeros(n, int)),
+    ], name="LINES")])
+
+
 STANDINS = {
     "line_catalog.fits": lambda: lines.line_catalog(detector.DISPERSION),
     "geometry_table_wfm.fits": geometry_table,
@@ -107,6 +126,7 @@ STANDINS = {
     "std_flux_table.fits": std_flux_table,
     "filter_list.fits": filter_list,
     "astrometry_wcs_wfm.fits": astrometry_wcs,
+    "sky_lines.fits": sky_lines,
 }
 
 

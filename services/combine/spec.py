@@ -1,0 +1,48 @@
+"""muse_exp_combine: the PIXTABLE_REDUCED of two or more exposures of one field + OFFSET_LIST
+-> one DATACUBE_FINAL (contract from `esorex --man-page muse_exp_combine`).  One job per
+target, setup and night; the per-exposure cubes stay (crowded-field extraction uses them)."""
+
+from typing import Literal
+
+from musedrp.stages import Input, MemoryModel, Product, RecipeParams, StageSpec
+from musedrp.tags import Tag
+
+
+class ExpCombineParams(RecipeParams):
+    """muse_exp_combine options; defaults from the man page."""
+
+    save: str = "cube"
+    resample: Literal["nearest", "linear", "quadratic", "renka", "drizzle", "lanczos"] = "drizzle"
+    dx: float = 0.0
+    dy: float = 0.0
+    dlambda: float = 0.0
+    crtype: Literal["iraf", "mean", "median"] = "median"
+    crsigma: float = 10.0
+    rc: float = 1.25
+    pixfrac: str = "0.6,0.6"
+    ld: int = 1
+    format: Literal["Cube", "Euro3D", "xCube", "xEuro3D", "sdpCube"] = "Cube"
+    weight: Literal["exptime", "fwhm", "header", "none"] = "exptime"
+    filter: str = "white"
+    lambdamin: float = 4000.0
+    lambdamax: float = 10000.0
+
+
+SPEC = StageSpec(
+    name="combine",
+    recipe="muse_exp_combine",
+    inputs=(
+        Input(Tag.PIXTABLE_REDUCED, raw=True, min_count=2),
+        *(Input(t, required=False) for t in (Tag.OFFSET_LIST, Tag.FILTER_LIST, Tag.OUTPUT_WCS)),
+    ),
+    products=(Product(Tag.DATACUBE_FINAL, when="save:cube"),
+              Product(Tag.IMAGE_FOV, numbered=True, when="save:cube")),
+    params=ExpCombineParams,
+    per_ifu=False,
+    # every exposure's pixel table at once: the memory model counts IFU-exposures (the
+    # planner passes IFUs x exposures); scipost's per-IFU cost until measured
+    memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
+    timeout_s=3600.0,
+    multicore=True,
+    qc={Tag.DATACUBE_FINAL: (r"QC EXPCOMB \w+",)},
+)

@@ -1,0 +1,67 @@
+"""The check of muse_exp_align's OFFSET_LIST and the fallback to header offsets: the recipe
+only warns where it found nothing, so a zero offset is never taken on trust."""
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from musedrp.errors import DataError
+from musedrp.services.align import compute
+
+DATES = ["2014-08-02T03:05:01.500", "2014-08-02T03:16:41.500", "2014-08-02T03:40:01.500"]
+
+
+def offset_list(tmp_path, ra_arcsec, dec_arcsec):
+    path = tmp_path / "OFFSET_LIST.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU.from_columns([
+        fits.Column("DATE_OBS", "23A", array=DATES[:len(ra_arcsec)]),
+        fits.Column("RA_OFFSET", "D", array=np.array(ra_arcsec) / 3600),
+        fits.Column("DEC_OFFSET", "D", array=np.array(dec_arcsec) / 3600)])]).writeto(path)
+    return path
+
+
+def test_a_list_with_every_exposure_matched_is_used(tmp_path):
+    path = offset_list(tmp_path, [0, 0.2, -0.5], [0, 0.1, 0.3])
+    qc = {"QC EXPALIGN NMATCH1": 12, "QC EXPALIGN NMATCH2": 11, "QC EXPALIGN NMATCH3": 9,
+          "QC EXPALIGN NOMATCH": 0}
+    assert compute.check(path, 3, qc) == ""
+
+
+@pytest.mark.parametrize(("ra", "dec", "qc", "why"), [
+    ([0, 0.2, 0.0], [0, 0.1, 0.0], {"QC EXPALIGN NMATCH3": 0, "QC EXPALIGN NOMATCH": 1},
+     "matched no stars for exposure(s) 3"),
+    ([0, 0.2], [0, 0.1], {}, "2 rows for 3 exposures"),
+    ([0, 4.0, 0.1], [0, 0.1, 0.1], {}, "a correction of 4.00 arcsec"),
+    ([0, np.nan, 0.1], [0, 0.1, 0.1], {}, "non-finite"),
+])
+def test_a_list_that_cannot_be_trusted_says_why(tmp_path, ra, dec, qc, why):
+    assert why in compute.check(offset_list(tmp_path, ra, dec), 3, qc)
+
+
+def fov(tmp_path, i, date=True):
+    path = tmp_path / f"{i}" / "IMAGE_FOV_0001.fits"
+    path.parent.mkdir()
+    h = fits.Header({"MJD-OBS": 56871.1 + i / 100})
+    if date:
+        h["DATE-OBS"] = DATES[i]
+    fits.PrimaryHDU(header=h).writeto(path)
+    return path
+
+
+def test_the_fallback_is_every_exposure_at_its_header_position_with_the_reason(tmp_path):
+    images = [fov(tmp_path, i) for i in range(3)]
+    result = compute.fallback(images, tmp_path, "muse_exp_align matched no stars", run=None)
+    path = result.products["OFFSET_LIST.fits"]
+    table = fits.getdata(path, 1)
+    assert list(table["DATE_OBS"]) == DATES
+    assert np.all(table["RA_OFFSET"] == 0) and np.all(table["DEC_OFFSET"] == 0)
+    header = fits.getheader(path, 0)
+    assert header["ESO PRO CATG"] == "OFFSET_LIST" and header["MUSEDRP ALIGN METHOD"] == "header"
+    assert result.qc["OFFSET_LIST.fits"] == {"MUSEDRP ALIGN METHOD": "header",
+                                             "MUSEDRP ALIGN REASON": "muse_exp_align matched "
+                                                                     "no stars"}
+
+
+def test_an_image_without_a_date_cannot_be_placed(tmp_path):
+    with pytest.raises(DataError, match="no DATE-OBS/MJD-OBS"):
+        compute.fallback([fov(tmp_path, 0), fov(tmp_path, 1, date=False)], tmp_path, "x", None)

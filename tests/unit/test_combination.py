@@ -1,0 +1,125 @@
+"""Planning the science product: the sky choice per exposure, alignment and combination per
+target, and the stated outcome of every case that cannot be combined."""
+
+from pathlib import Path
+
+import pytest
+
+from musedrp.frames import classify_file
+from musedrp.planner import plan_night
+
+from .conftest import ARC, SCIENCE_MJD
+from .test_planner import FLAT, STD
+
+IFUS = (1, 2, 3)
+RA, DEC = 265.1754, -53.6743
+OBJECT = {"DPR.CATG": "SCIENCE", "DPR.TYPE": "OBJECT", "TPL.ID": "MUSE_wfm_obs_genericoffset",
+          "TPL.START": "ob", "OBS.TARG.NAME": "NGC6397", "EXPTIME": 600.0}
+SKY = {**OBJECT, "DPR.TYPE": "SKY"}
+
+
+@pytest.fixture
+def night(template, make_frame):
+    """Calibrations of three IFUs, a standard star and the static files of a science night;
+    ``run(exposures, statics=...)`` plans them with the given exposures."""
+    def frame(keys, **kw):
+        return classify_file(make_frame(keys, **kw))
+
+    cal = [*template(56870.75, ifus=IFUS), *template(56870.8, keys=FLAT, ifus=IFUS),
+           *template(56870.85, keys=ARC, ifus=IFUS),
+           frame({**STD, "MJD-OBS": 56871.2, "TPL.START": "s", "TPL.NEXP": 1}, ifus=IFUS)]
+
+    def run(exposures, statics=("SKY_LINES", "FILTER_LIST"), overrides=None):
+        files = [frame({"PRO.CATG": t}, ifus=(), name=f"{t.lower()}.fits") for t in (
+            "LINE_CATALOG", "GEOMETRY_TABLE", "EXTINCT_TABLE", "STD_FLUX_TABLE", *statics)]
+        return plan_night([*cal, *exposures, *files], Path("/out"), "2.8.7",
+                          overrides=overrides)
+
+    def exposure(offset=(0.0, 0.0), minutes=0.0, keys=OBJECT, **more):
+        east, north = offset
+        return frame({**keys, "MJD-OBS": SCIENCE_MJD + minutes / 1440,
+                      "RA": RA + east / 3600 / 0.5934, "DEC": DEC + north / 3600, **more},
+                     ifus=IFUS)
+    run.exposure = exposure
+    return run
+
+
+def orders(p, stage):
+    return [o for o in p.orders if o.stage == stage]
+
+
+def test_dithered_exposures_are_aligned_and_combined_with_the_sky_exposure_model(night):
+    objects = [night.exposure((0, 0), 0), night.exposure((1.6, 1.0), 12),
+               night.exposure((-1.2, 2.0), 36)]
+    sky = night.exposure((400, 300), 24, keys=SKY)
+    p = night([*objects, sky])
+    (model,) = orders(p, "sky")
+    assert {f.tag for f in model.inputs} >= {"PIXTABLE_SKY", "STD_RESPONSE", "SKY_LINES",
+                                             "LSF_PROFILE"}
+    posts = orders(p, "scipost")
+    assert len(posts) == 3
+    for o in posts:
+        assert o.params["skymethod"] == "subtract-model"
+        assert model.job_key in o.needs
+        assert any(r.startswith("sky: subtract-model, the model of SKY exposure")
+                   for r in o.reasons)
+    (align,) = orders(p, "align")
+    assert sorted(f.job_key for f in align.inputs) == sorted(o.job_key for o in posts)
+    assert len([n for n in align.products if n.startswith("SOURCE_LIST_")]) == 3
+    (combine,) = orders(p, "combine")
+    assert [f.tag for f in combine.inputs].count("PIXTABLE_REDUCED") == 3
+    assert align.job_key in combine.needs
+    assert combine.memory_gb == pytest.approx(0.2 + 1.0 * 3 * 3)
+    assert any("NGC6397: 3 exposures aligned" in d for d in p.decisions)
+
+
+def test_without_a_sky_exposure_the_sky_is_modelled_from_the_field(night):
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)])
+    assert orders(p, "sky") == []
+    assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"model"}
+    assert all(any(f.tag == "SKY_LINES" and not f.job_key for f in o.inputs)
+               for o in orders(p, "scipost"))
+    assert any("no SKY exposure of this setup" in d for d in p.decisions)
+
+
+def test_without_sky_lines_the_sky_is_simple_and_says_why(night):
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12),
+               night.exposure((0, 0), 24, keys=SKY)], statics=())
+    assert orders(p, "sky") == []
+    assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"simple"}
+    assert any("sky: simple (the darkest part of the field): a sky model needs a SKY_LINES "
+               "list" in d for d in p.decisions)
+
+
+def test_a_sky_frame_of_another_setup_is_refused_with_its_reason(night):
+    other = night.exposure((400, 300), 24, keys=SKY, **{"INS.MODE": "WFM-AO-N"})
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12), other])
+    assert orders(p, "sky") == []
+    status, why = p.status(other)
+    assert status == "rejected" and "instrument mode WFM-AO-N differs" in why[0]
+    assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"model"}
+
+
+def test_a_template_of_one_exposure_is_not_combined(night):
+    p = night([night.exposure()])
+    assert len(orders(p, "scipost")) == 1
+    assert orders(p, "align") == orders(p, "combine") == []
+    assert any("NGC6397: 1 exposure(s) to combine: no alignment" in d for d in p.decisions)
+
+
+def test_an_exposure_too_far_from_the_others_stays_single(night):
+    near = [night.exposure((0, 0), 0), night.exposure((2.0, 0), 12)]
+    far = night.exposure((90.0, 0), 24)
+    p = night([*near, far])
+    (combine,) = orders(p, "combine")
+    assert [f.tag for f in combine.inputs].count("PIXTABLE_REDUCED") == 2
+    assert len(orders(p, "scipost")) == 3  # its own cube is still made
+    assert any(d.endswith(f"{far.name} not combined: its field centre is 88 arcsec from the "
+                          "nearest other exposure of NGC6397, more than the 30 arcsec at which "
+                          "fields still overlap") for d in p.decisions)
+
+
+def test_the_users_sky_method_wins_over_the_planners(night):
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)],
+              overrides={"scipost": {"skymethod": "none"}})
+    assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"none"}
