@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 from astropy.io import fits
+from astropy.wcs import WCS
 
 from musedrp import qcplot, qctrend
 from musedrp.messages import WorkOrder
 from musedrp.provenance import ERROR_FILE, MANIFEST
+from musedrp.simulate import field, stars
+from musedrp.simulate.night import Truth
 from musedrp.stages import product_tag
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
@@ -290,6 +293,102 @@ def white_light(jobs: list[Job]) -> str:
     return "".join(parts) or "<p>No final cube.</p>"
 
 
+def _truth(jobs: list[Job]) -> Truth | None:
+    """The simulator's truth beside the raw OBJECT frames, when there is one."""
+    for j in _of(jobs, "scibasic"):
+        for i in j.order["inputs"]:
+            if i["tag"] == "OBJECT" and (path := Path(i["path"]).parent / "truth.json").exists():
+                return Truth.load(path)
+    return None
+
+
+def alignment(jobs: list[Job]) -> str:
+    """How the exposures were placed: muse_exp_align's offsets (or the header fallback and
+    why), against the simulated pointing errors where the truth is known."""
+    truth = _truth(jobs)
+    errors = {f["date_obs"]: f["error"] for f in truth.frames} if truth else {}
+    parts = []
+    for j in _of(jobs, "align"):
+        path = j.product("OFFSET_LIST")
+        if path is None:
+            continue
+        qc = j.manifest["qc"].get("OFFSET_LIST.fits", {})
+        method = qc.get("MUSEDRP ALIGN METHOD", "?")
+        why = (f" because {qc['MUSEDRP ALIGN REASON']}" if method == "header" else
+               f": {qc.get('QC EXPALIGN NMATCH MIN', '?')} stars matched at least")
+        table = fits.getdata(path, 1)
+        cos_dec = np.cos(np.radians(truth.target[1])) if truth else 1.0
+        rows = []
+        for r in table:
+            got = np.array([r["RA_OFFSET"] * cos_dec, r["DEC_OFFSET"]]) * 3600
+            row = [r["DATE_OBS"], f"{got[0]:+.3f}", f"{got[1]:+.3f}"]
+            if errors and (e := errors.get(r["DATE_OBS"])):
+                first = errors[table["DATE_OBS"][0]]
+                want = np.subtract(first, e)
+                row += [f"{want[0]:+.3f}", f"{want[1]:+.3f}",
+                        f"{np.hypot(*(got - want)):.3f}"]
+            rows.append(row)
+        head = ["exposure", "RA offset [\"]", "Dec offset [\"]"]
+        if errors:
+            head += ["simulated RA [\"]", "simulated Dec [\"]", "error [\"]"]
+        parts.append(f"<p>{html.escape(j.order['reasons'][0] if j.order['reasons'] else '')}: "
+                     f"offsets by <b>{html.escape(method)}</b>{html.escape(why)}.</p>"
+                     + _table(head, rows, "offsets"))
+    return "".join(parts) or "<p>No alignment (fewer than two exposures of a target).</p>"
+
+
+def combined(jobs: list[Job]) -> str:
+    """Each combined cube's white-light image, with the simulated stars where the first
+    exposure's frame puts them (the truth, when the night was simulated)."""
+    truth = _truth(jobs)
+    parts = []
+    for j in _of(jobs, "combine"):
+        path = j.product("IMAGE_FOV")
+        if path is None:
+            continue
+        with fits.open(path) as hdul:
+            image, wcs = hdul["DATA"].data, WCS(hdul["DATA"].header)
+        ny, nx = image.shape
+        fig, ax = plt.subplots(figsize=(8, max(1.5, min(8, 8 * ny / nx)) + 0.6))
+        finite = image[np.isfinite(image)]
+        lo, hi = np.percentile(finite, [2, 99.5]) if finite.size else (0, 1)
+        ax.imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+        if truth and truth.stars:
+            dates = sorted(f["date_obs"] for f in truth.frames if f["kind"] == "object")
+            first = next(f for f in truth.frames if f["date_obs"] == dates[0])
+            radec = stars.apparent([stars.Star(**s) for s in truth.stars], first["error"],
+                                   field.data_centre(truth.ifus), truth.target)
+            x, y = wcs.all_world2pix(radec[:, 0], radec[:, 1], 0)
+            keep = (x > -1) & (x < nx) & (y > -1) & (y < ny)
+            ax.scatter(x[keep], y[keep], s=30, facecolors="none", edgecolors="tab:red",
+                       linewidths=0.6, label="simulated stars")
+            ax.legend(loc="upper right", fontsize=7)
+        ax.set_xlabel("x [spaxel]")
+        ax.set_ylabel("y [spaxel]")
+        parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>" + _png(fig))
+    return "".join(parts) or "<p>No combined cube.</p>"
+
+
+def sky(jobs: list[Job]) -> str:
+    """The sky spectrum each SKY exposure's model was made of, and how each exposure's sky
+    was taken off (the planner's choice, from the cube job's reasons)."""
+    parts = []
+    for j in _of(jobs, "sky"):
+        path = j.product("SKY_SPECTRUM")
+        if path is None:
+            continue
+        table = fits.getdata(path, 1)
+        fig, ax = plt.subplots(figsize=(8, 2.6))
+        ax.plot(table["lambda"], table["data"], lw=0.5)
+        ax.set_xlabel("wavelength [Å]")
+        ax.set_ylabel("10⁻²⁰ erg/s/cm²/Å")
+        parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>" + _png(fig))
+    methods = [r for j in _of(jobs, "scipost") for r in j.order["reasons"]
+               if r.startswith("sky: ")]
+    return "".join(parts) + ("<ul>" + "".join(f"<li>{html.escape(m)}</li>" for m in methods)
+                             + "</ul>" if methods else "")
+
+
 def decisions(plan: dict) -> str:
     items = "".join(f"<li>{html.escape(d)}</li>" for d in plan["decisions"])
     rows = [[f["name"], f["tag"], f["status"], "; ".join(f["why"]) if f["status"] != "used"
@@ -416,9 +515,21 @@ def _taken(path: str) -> datetime | None:
     return datetime.fromisoformat(m[1]) if m else None
 
 
+def _aligned(scibasic: set[str], jobs: list[Job]) -> str:
+    """How the exposure whose scibasic jobs are ``scibasic`` was aligned to the others."""
+    cubes = {j.order["job_key"] for j in _of(jobs, "scipost") if scibasic & set(j.order["needs"])}
+    for j in _of(jobs, "align"):
+        if cubes & set(j.order["needs"]):
+            qc = j.manifest.get("qc", {}).get("OFFSET_LIST.fits", {})
+            if qc.get("MUSEDRP ALIGN METHOD") == "muse_exp_align":
+                return f"yes ({qc.get('QC EXPALIGN NMATCH MIN', '?')}+ stars matched)"
+            return f"NO (header offsets: {qc.get('MUSEDRP ALIGN REASON', j.state)})"
+    return "not aligned (single exposure)"
+
+
 def scores(jobs: list[Job]) -> str:
     """ESO's archive score per science exposure (MUSE.md §11): arc within 1.5 days,
-    twilight flat used, SKY present, alignment better than 0.2 arcsec."""
+    twilight flat used, SKY present, exposures aligned."""
     by_key = {j.order["job_key"]: j for j in jobs}
     exposures: dict[str, list[Job]] = defaultdict(list)
     for j in jobs:
@@ -443,13 +554,15 @@ def scores(jobs: list[Job]) -> str:
         twilight = any(i["tag"] == "TWILIGHT_CUBE" for j in js for i in j.order["inputs"])
         sky = first["night"] in sky_nights
         rows.append([Path(path).name, arc, "yes" if twilight else "NO",
-                     "yes" if sky else "NO", "not measured"])
+                     "yes" if sky else "NO", _aligned({j.order["job_key"] for j in js}, jobs)])
     if not rows:
         return "<p>No science exposure.</p>"
-    return ("<p>ESO's archive reprocessing scores every product on these criteria; alignment "
-            "between exposures is not measured by musedrp yet.</p>"
+    return ("<p>ESO's archive reprocessing scores every product on these criteria. Alignment: "
+            "muse_exp_align's offsets matched stars in every exposure (their accuracy is "
+            "not known without a reference; the simulated night's is in the section "
+            "Alignment), or the header offsets were used.</p>"
             + _table(["exposure", "arc within 1.5 days", "twilight flat used", "SKY present",
-                      "alignment better than 0.2 arcsec"], rows, "scores"))
+                      "aligned on stars"], rows, "scores"))
 
 
 SECTIONS = (("Failures", lambda p, j: failures(j)),
@@ -459,6 +572,9 @@ SECTIONS = (("Failures", lambda p, j: failures(j)),
             ("Wavelength solution", lambda p, j: wavelength(j)),
             ("Standard star response", lambda p, j: standard(j)),
             ("Final cube: white-light image", lambda p, j: white_light(j)),
+            ("Combined cube", lambda p, j: combined(j)),
+            ("Alignment of the exposures", lambda p, j: alignment(j)),
+            ("Sky", lambda p, j: sky(j)),
             ("QC over nights", lambda p, j: trends(j)),
             ("Job timings and memory", lambda p, j: timings(j)),
             ("Association decisions", lambda p, j: decisions(p)))

@@ -74,7 +74,7 @@ def test_same_night_standard_and_response_shape(reduced):
     measured = np.interp(lam, table["lambda"], table["throughput"])
     # simulated throughput: electrons of the star per Angstrom / photons at the telescope,
     # times the extinction the pipeline corrects for (airmass 1.004)
-    electrons = field.STAR_PEAK * 2 * np.pi * field.STAR_SIGMA**2 / detector.DISPERSION
+    electrons = field.STAR_PEAK * field.STAR_AREA / detector.DISPERSION
     photons = field.STAR_FLUX * AREA_CM2 * 60.0 * lam / H_C
     expected = electrons / photons * 10 ** (0.4 * static.extinction(lam) * 1.004)
     # the shape is what the response must get right: within 3 % from 6000 to 9000 A.  At

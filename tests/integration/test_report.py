@@ -2,6 +2,7 @@
 opening the file sees, checked against the products and the plan."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,8 +56,9 @@ def test_every_image_is_embedded_and_decoded(page):
     images = browser.execute_script(
         "return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth, "
         "i.src.slice(0, 21)])")
-    # RON plot, 3 bias + 3 flat thumbnails, wavelength RMS, response, 3 cubes, timings
-    assert len(images) == 1 + 2 * len(IFUS) + 1 + 1 + 3 + 1, images
+    # RON plot, 3 bias + 3 flat thumbnails, wavelength RMS, response, 3 cubes, the combined
+    # cube, the sky spectrum, timings
+    assert len(images) == 1 + 2 * len(IFUS) + 1 + 1 + 3 + 1 + 1 + 1, images
     for alt, complete, width, src in images:
         assert complete and width > 0, alt
         assert src == "data:image/png;base64", alt  # self-contained: nothing fetched
@@ -96,7 +98,20 @@ def test_each_exposure_gets_its_eso_score(page):
         f["name"] for f in plan["frames"] if f["tag"] == "OBJECT" and f["status"] == "used")
     for name, arc, *rest in cells:
         assert arc.startswith("yes (") and float(arc[5:].split()[0]) < 1.5, (name, arc)
-        assert rest == ["yes", "NO", "not measured"]  # twilight used; no SKY reduced
+        assert rest[:2] == ["yes", "yes"]  # twilight used; a SKY exposure
+        assert re.fullmatch(r"yes \((\d+)\+ stars matched\)", rest[2]), rest
+
+
+def test_alignment_against_the_simulated_offsets(page):
+    """The offsets table shows each exposure's measured and simulated offsets: the error
+    column is what test_science checks (0.05 arcsec)."""
+    browser, _ = page
+    rows = section(browser, "alignment-of-the-exposures").find_elements(
+        By.CSS_SELECTOR, "table.offsets tr")[1:]
+    assert len(rows) == 3
+    for r in rows:
+        cells = [c.text for c in r.find_elements(By.TAG_NAME, "td")]
+        assert float(cells[-1]) < 0.05, cells
 
 
 def test_a_single_night_has_no_trend_yet(page):

@@ -16,7 +16,11 @@ SKY_ORDER = (9, 8, 1, 10, 7, 2, 11, 6, 3, 12, 5, 4)
 SKY_LINES = ((5577.339, 5000.0), (6300.304, 1500.0), (6363.776, 500.0), (8344.602, 800.0),
              (8827.096, 1000.0))  # wavelength [A], peak electrons in a 600 s exposure
 STAR_XY = (-37.5, -126.0)  # standard star position in spaxels: centre of IFU 2, stack 2
-STAR_SIGMA = 1.5  # spaxels
+# the standard star's seeing profile: a Moffat (FWHM 0.75", beta 2.8), the shape muse_standard
+# fits by default; a Gaussian star made its smoothed Moffat fit 20-28 % off
+STAR_BETA = 2.8
+STAR_ALPHA = 3.75 / (2 * math.sqrt(2 ** (1 / STAR_BETA) - 1))  # spaxels
+STAR_AREA = math.pi * STAR_ALPHA**2 / (STAR_BETA - 1)  # the profile's sum, peak 1 (spaxels)
 STAR_PEAK = 20000.0  # electrons per pixel at the peak of the spectrum, 60 s exposure
 STAR_FLUX = 1e-13  # erg/s/cm^2/A at the peak of the spectral shape
 
@@ -35,6 +39,15 @@ def slice_sky(ifu: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return sky, x, y
 
 
+def data_centre(ifus) -> tuple[float, float]:
+    """Field position (x, y spaxels) of the middle of the IFUs' slices: where muse_scipost
+    puts the header's RA/DEC (the centre of the data present, not of the field)."""
+    ys = np.concatenate([slice_sky(ifu)[2] for ifu in ifus])
+    xs = slice_sky(1)[1]
+    half = detector.SLICE_WIDTH / 2
+    return (float(xs.min() - half + xs.max() + half) / 2, float(ys.min() + ys.max()) / 2)
+
+
 def slice_index(ifu: int, biny: int = 1) -> np.ndarray:
     """CCD slice (0-based) that each trimmed pixel belongs to (nearest at the gaps)."""
     rows, cols = detector.TRIMMED[0] // biny, detector.TRIMMED[1]
@@ -48,7 +61,7 @@ def star_image(ifu: int, index: np.ndarray, biny: int = 1) -> np.ndarray | None:
     """Relative brightness of the star on every trimmed pixel, or None if it is far away."""
     _, sx, sy = slice_sky(ifu)
     x0, y0 = STAR_XY
-    if np.min(np.abs(sy - y0)) > 8 * STAR_SIGMA:
+    if np.min(np.abs(sy - y0)) > 40:  # 0.01 % of the peak
         return None
     rows = index.shape[0]
     y = (np.arange(rows) + 0.5) * biny - 0.5
@@ -56,7 +69,7 @@ def star_image(ifu: int, index: np.ndarray, biny: int = 1) -> np.ndarray | None:
         detector.slice_shift(ifu, y)[:, None]
     sky_x = sx[index] + (centre - np.arange(index.shape[1])[None, :])
     r2 = (sky_x - x0) ** 2 + (sy[index] - y0) ** 2
-    return np.exp(-r2 / (2 * STAR_SIGMA**2)).astype(np.float32)
+    return ((1 + r2 / STAR_ALPHA**2) ** -STAR_BETA).astype(np.float32)
 
 
 def gaussian_lines(lam: np.ndarray, lines, fwhm: float = 2.5) -> np.ndarray:

@@ -24,7 +24,7 @@ BRIGHTEST = 1.5e-14  # erg/s/cm^2/A at 7000 A: ~25 000 e- at the peak pixel in 6
 MAG_RANGE = 6.0  # the faintest stars are 250 times fainter
 # electrons per wavelength row and second for 1 erg/s/cm^2/A, as the simulated standard
 # star gives them (the response muse_standard derives turns them back into flux)
-ELECTRONS_PER_FLUX = field.STAR_PEAK * 2 * math.pi * field.STAR_SIGMA**2 / (60 * field.STAR_FLUX)
+ELECTRONS_PER_FLUX = field.STAR_PEAK * field.STAR_AREA / (60 * field.STAR_FLUX)
 # stellar types: temperature [K] and absorption lines (wavelength [A], depth)
 TYPES = {
     "A": (9000.0, ((4861.3, 0.5), (6562.8, 0.45), (8665.0, 0.2))),
@@ -79,7 +79,7 @@ def spaxels(stars: list[Star], pointing: tuple[float, float]) -> np.ndarray:
     return np.column_stack([-east / SPAXEL, north / SPAXEL])
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
+def erf(x: np.ndarray) -> np.ndarray:
     """erf to 1.5e-7 (Abramowitz & Stegun 7.1.26): numpy has none, and this is all the
     simulator needs of scipy."""
     t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
@@ -91,7 +91,7 @@ def _erf(x: np.ndarray) -> np.ndarray:
 def _cell(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Fraction of a unit Gaussian of width SIGMA between ``lo`` and ``hi`` (spaxels)."""
     s = SIGMA * math.sqrt(2)
-    return 0.5 * (_erf(hi / s) - _erf(lo / s))
+    return 0.5 * (erf(hi / s) - erf(lo / s))
 
 
 def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: list[Star],
@@ -126,3 +126,17 @@ def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: l
             mine = index[:, cols] == k
             out[:, cols] += np.where(mine, wx * wy * spectrum[:, None], 0.0)
     return out
+
+
+def apparent(stars: list[Star], error: tuple[float, float], centre: tuple[float, float],
+             target: tuple[float, float]) -> np.ndarray:
+    """(N, 2) RA, DEC (deg) at which an exposure whose pointing was off by ``error`` (east,
+    north arcsec) places the stars, when the pipeline ties the header pointing to field
+    position ``centre`` (spaxels): the frame of the first exposure, which alignment keeps.
+
+    A star at offset E from the target sits at x = -(E - offset - error) / 0.2 in the field;
+    the pipeline gives field position x the offset ``offset - 0.2 (x - centre_x)``."""
+    east = np.array([s.east for s in stars]) - error[0] + SPAXEL * centre[0]
+    north = np.array([s.north for s in stars]) - error[1] - SPAXEL * centre[1]
+    ra0, dec0 = target
+    return np.column_stack([ra0 + east / 3600 / np.cos(np.radians(dec0)), dec0 + north / 3600])
