@@ -57,8 +57,12 @@ SPEC = StageSpec(
     per_ifu=False,
     # measured with skymethod=simple on 1-6 IFUs: 0.14 + 1.000 GB per IFU, linear to 1 %
     # (benchmarks/results/scipost_memory.md; 1.88 GB for 3 IFUs with none, MUSE.md); half
-    # the wavelength range takes half the memory
+    # the wavelength range takes half the memory.  Subtracting a given sky model (or none)
+    # builds no sky cube: 0.11 + 0.63 GB per IFU on 1-3 (results/science_memory.md)
     memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
+    memory_when=tuple(((("skymethod", method), MemoryModel(base_gb=0.15, per_frame_gb=0.0,
+                                                            per_ifu_gb=0.65))
+                       for method in ("subtract-model", "none"))),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC SCIPOST \w+",)},

@@ -34,9 +34,9 @@ SPEC = StageSpec(
                                          Tag.SKY_LINES, Tag.SKY_CONTINUUM)),
     params=CreateSkyParams,
     per_ifu=False,
-    # like scipost, it loads every IFU's pixel table and resamples a white-light image:
-    # scipost's model until measured (benchmarks/memory_models.py)
-    memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
+    # every IFU's pixel table and a white-light image: 0.12 + 0.625 GB per IFU measured on
+    # 1-3 IFUs (benchmarks/results/science_memory.md), ~15 GB at 24
+    memory=MemoryModel(base_gb=0.15, per_frame_gb=0.0, per_ifu_gb=0.65),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.SKY_LINES: (r"QC SKY LINE\d+ \w+",), Tag.SKY_CONTINUUM: (r"QC SKY CONT \w+",)},

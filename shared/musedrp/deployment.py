@@ -20,9 +20,10 @@ from musedrp.provenance import ERROR_FILE, MANIFEST
 from musedrp.registry import Registry
 from musedrp.topology import BY_NAME
 
-# Products the report's pages open (qcreport: the standard's response, each final cube); the
+# Products the report's pages open (qcreport: the standard's response, each final cube, the
+# field images, offsets and sky spectrum of the science product); the
 # other products are only described by their manifests, so their bytes stay in the bucket.
-PRODUCTS_READ = ("STD_RESPONSE", "DATACUBE_FINAL")
+PRODUCTS_READ = ("STD_RESPONSE", "DATACUBE_FINAL", "IMAGE_FOV", "OFFSET_LIST", "SKY_SPECTRUM")
 STAGE_ORDER = {name: i for i, name in enumerate(BY_NAME)}
 
 

@@ -105,6 +105,15 @@ class StageSpec:
     # the recipe uses more than one core (benchmarks/results/fanin_threads.md: muse_standard
     # and muse_scipost 1.8x faster on 2 cores; per-IFU recipes and twilight gain nothing)
     multicore: bool = False
+    # models that replace ``memory`` for one value of a parameter: (name, value) -> model
+    memory_when: tuple[tuple[tuple[str, str], MemoryModel], ...] = ()
+
+    def memory_for(self, params: RecipeParams) -> MemoryModel:
+        """The memory model of a job with ``params``."""
+        for (name, value), model in self.memory_when:
+            if str(getattr(params, name)) == value:
+                return model
+        return self.memory
 
     def raw_min(self) -> int:
         return max((i.min_count for i in self.inputs if i.raw), default=1)

@@ -77,14 +77,10 @@ def test_same_night_standard_and_response_shape(reduced):
     electrons = field.STAR_PEAK * field.STAR_AREA / detector.DISPERSION
     photons = field.STAR_FLUX * AREA_CM2 * 60.0 * lam / H_C
     expected = electrons / photons * 10 ** (0.4 * static.extinction(lam) * 1.004)
-    # the shape is what the response must get right: within 3 % from 6000 to 9000 A.  At
-    # 5000 A it deviated by 2 % (seed 1) and 10 % (seed 7), and the absolute level came out
-    # 20 % below the simulated throughput: both open (README, "What does not work yet"),
-    # so they are bounded loosely here
-    shape, truth = measured / measured[2], expected / expected[2]
-    np.testing.assert_allclose(shape[1:], truth[1:], rtol=0.03)
-    np.testing.assert_allclose(shape[0], truth[0], rtol=0.15)
-    np.testing.assert_allclose(measured, expected, rtol=0.3)
+    # with the star simulated as the Moffat muse_standard fits by default, the response
+    # comes out 1.5-3 % above the simulated throughput at every wavelength (it was 20-28 %
+    # below with a Gaussian star)
+    np.testing.assert_allclose(measured, expected, rtol=0.04)
     assert product(out, "standard", "STD_TELLURIC_0001.fits").exists()
 
 
@@ -107,7 +103,7 @@ def test_final_cube_per_object_exposure(reduced, night):
     assert sum(1 for i in m["inputs"] if i["tag"] == "PIXTABLE_OBJECT") == 3
 
 
-@pytest.mark.parametrize("stage", ["twilight", "standard", "scipost"])
+@pytest.mark.parametrize("stage", ["twilight", "standard", "sky", "scipost", "combine"])
 def test_fan_in_manifests_record_cost(reduced, stage):
     _, out, _ = reduced
     for path in products(out, stage, "manifest.json"):

@@ -60,6 +60,7 @@ def test_dithered_exposures_are_aligned_and_combined_with_the_sky_exposure_model
     assert len(posts) == 3
     for o in posts:
         assert o.params["skymethod"] == "subtract-model"
+        assert o.memory_gb == pytest.approx(0.15 + 0.65 * 3)  # no sky cube to build
         assert model.job_key in o.needs
         assert any(r.startswith("sky: subtract-model, the model of SKY exposure")
                    for r in o.reasons)
@@ -79,6 +80,7 @@ def test_without_a_sky_exposure_the_sky_is_modelled_from_the_field(night):
     assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"model"}
     assert all(any(f.tag == "SKY_LINES" and not f.job_key for f in o.inputs)
                for o in orders(p, "scipost"))
+    assert [o.memory_gb for o in orders(p, "scipost")] == pytest.approx([0.2 + 1.0 * 3] * 2)
     assert any("no SKY exposure of this setup" in d for d in p.decisions)
 
 

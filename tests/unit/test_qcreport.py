@@ -69,7 +69,7 @@ def test_a_directory_without_a_plan_is_a_clear_error(tmp_path: Path):
 
 def test_eso_score_per_exposure():
     """Arc within 1.5 days (from the ARCFILE times of the wavecal's arcs), twilight flat
-    used, SKY present; alignment is not measured."""
+    used, SKY present; aligned on stars (from the align job reading the exposure's cube)."""
     def raw(tag: str, when: str) -> dict:
         return {"tag": tag, "path": f"/raw/MUSE.{when}.fits"}
 
@@ -84,8 +84,21 @@ def test_eso_score_per_exposure():
             for o in (near_arcs, old_arcs, first, second)]
     page = qcreport.scores(jobs)
     assert page.count("<tr>") == 3  # header and two exposures
-    assert "<td>yes (0.30 d)</td><td>yes</td><td>NO</td><td>not measured</td>" in page
-    assert "<td>NO (3.33 d)</td><td>NO</td><td>NO</td><td>not measured</td>" in page
+    single = "not aligned (single exposure)"
+    assert f"<td>yes (0.30 d)</td><td>yes</td><td>NO</td><td>{single}</td>" in page
+    assert f"<td>NO (3.33 d)</td><td>NO</td><td>NO</td><td>{single}</td>" in page
     sky = order("scibasic", "s3") | {"inputs": [raw("SKY", "2014-08-02T05:00:01.500")]}
     page = qcreport.scores([*jobs, qcreport.Job(sky, Path("/x"), "succeeded", {})])
-    assert page.count("<td>yes</td><td>yes</td><td>not measured</td>") == 1
+    assert page.count(f"<td>yes</td><td>yes</td><td>{single}</td>") == 1
+    cubes = [order("scipost", "p1", ("s1",)), order("scipost", "p2", ("s2",))]
+    matched = {"qc": {"OFFSET_LIST.fits": {"MUSEDRP ALIGN METHOD": "muse_exp_align",
+                                           "QC EXPALIGN NMATCH MIN": 14}}}
+    fallback = {"qc": {"OFFSET_LIST.fits": {"MUSEDRP ALIGN METHOD": "header",
+                                            "MUSEDRP ALIGN REASON": "no stars"}}}
+    for manifest, shown in ((matched, "yes (14+ stars matched)"),
+                            (fallback, "NO (header offsets: no stars)")):
+        align = qcreport.Job(order("align", "a1", ("p1", "p2")), Path("/x"), "succeeded",
+                             manifest)
+        page = qcreport.scores([*jobs, *(qcreport.Job(c, Path("/x"), "succeeded", {})
+                                         for c in cubes), align])
+        assert page.count(f"<td>{shown}</td>") == 2
