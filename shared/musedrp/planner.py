@@ -713,7 +713,7 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None) -> None:
     cubes = {}
     for exposure in objects:
         tables = [_product(o, Tag.PIXTABLE_OBJECT) for o in pixtables[exposure.path].values()]
-        method, sky, why = choose_sky(n, exposure, skies, pixtables, flux, lsf, statics)
+        method, sky, why = choose_sky(n, exposure, skies, pixtables, flux, lsf)
         n.decide(f"{exposure.name}: {why}")
         cubes[exposure.path] = n.order(
             "scipost", None, [], [*tables, *flux, *lsf, *sky],
@@ -723,8 +723,8 @@ def plan_science(n: Night, cal, twilight: WorkOrder | None) -> None:
     plan_combination(n, objects, cubes)
 
 
-def choose_sky(n: Night, exposure: Frame, skies: Sequence[Frame], pixtables, flux, lsf,
-               statics: Sequence[Tag]) -> tuple[str, list[tuple[WorkOrder, str]], str]:
+def choose_sky(n: Night, exposure: Frame, skies: Sequence[Frame], pixtables, flux,
+               lsf) -> tuple[str, list[tuple[WorkOrder, str]], str]:
     """ESO's automatic sky (MUSE.md §10): the model of the SKY exposure closest in time
     (``subtract-model``); without one, a model from the object field's darkest spaxels
     (``model``); both need a SKY_LINES list and every IFU's LSF, else ``simple``."""
@@ -741,7 +741,7 @@ def choose_sky(n: Night, exposure: Frame, skies: Sequence[Frame], pixtables, flu
                              f"the field: no SKY exposure of this setup on night {n.night}")
     tables = [_product(o, Tag.PIXTABLE_SKY) for o in pixtables[sky.path].values()]
     model = n.order("sky", None, [], [*tables, *flux, *lsf],
-                    [*statics[:1], Tag.SKY_LINES], [f"SKY exposure {sky.name}"],
+                    [Tag.EXTINCT_TABLE, Tag.SKY_LINES], [f"SKY exposure {sky.name}"],
                     n_ifus=len(n.ifus))
     return "subtract-model", [_product(model, Tag.SKY_LINES), _product(model, Tag.SKY_CONTINUUM)], \
         f"sky: subtract-model, the model of SKY exposure {sky.name}, " \

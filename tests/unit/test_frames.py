@@ -203,6 +203,10 @@ LAMP3 = {**ARC, "INS.LAMPNUM": 3}
                  id="TPL.EXPNO negative"),
     pytest.param({"INS.TEMP7.VAL": "warm"}, (), None,
                  "card INS.TEMP7.VAL: 'warm' is not a number", id="temperature string"),
+    pytest.param({"RA": "17:40:42", "DEC": -53.67}, (), None,
+                 "card RA: '17:40:42' is not a number", id="RA sexagesimal"),
+    pytest.param({"RA": 400.0, "DEC": -53.67}, (), None,
+                 "RA/DEC 400.0, -53.67 are not sky coordinates", id="RA out of range"),
 ])
 def test_hostile_header_is_unclassified_with_a_reason(make_frame, tmp_path, keys, drop, image,
                                                       reason):
@@ -215,6 +219,12 @@ def test_hostile_header_is_unclassified_with_a_reason(make_frame, tmp_path, keys
     assert (by_name["bad.fits"].tag, by_name["bad.fits"].reason) == (None, reason)
     assert (by_name[good.name].tag, by_name[good.name].reason) == (Tag.BIAS, "")
     assert len(frames) == 2 and ignored == []
+
+
+def test_the_pointing_is_read_when_both_cards_are_there(make_frame):
+    assert classify_file(make_frame({"RA": 265.1754, "DEC": -53.6743})).pointing == (
+        265.1754, -53.6743)
+    assert classify_file(make_frame({"RA": 265.1754})).pointing is None  # a lab frame
 
 
 def test_a_card_without_value_is_written_as_real_files_carry_it(make_frame):

@@ -6,7 +6,8 @@ flats plus a second science-mode flat template in the morning (closer in time to
 science, so "closest in time" matters) and a short flat template of a second instrument
 mode (WFM-AO-N, closer still, which the flats' mode rule must refuse), 15 arcs (5 per
 lamp), 7 twilight skyflats, an illumination flat attached to the science, the science
-exposures, a standard star of the same night, an older standard (as a calibration package
+template (three dithered exposures of a crowded star field and one of an empty SKY field),
+a standard star of the same night, an older standard (as a calibration package
 would bring) and an astrometric field.  ``truth.json`` records what was simulated so tests
 can check the products.
 """
@@ -292,17 +293,6 @@ class Instrument:
 NOMINAL = Instrument()
 
 
-class _Fields(dict):
-    """The star field of each seed, made once per process."""
-
-    def __missing__(self, seed: int) -> list[stars.Star]:
-        self[seed] = stars.star_field(seed)
-        return self[seed]
-
-
-FIELD = _Fields()
-
-
 def electrons(e: Exposure, ifu: int, seed: int, biny: int,
               instrument: Instrument = NOMINAL) -> np.ndarray | None:
     """Illumination of the trimmed CCD in electrons, or None for frames without light.
@@ -318,8 +308,9 @@ def electrons(e: Exposure, ifu: int, seed: int, biny: int,
     if e.kind == "std" and (star := field.star_image(ifu, index, biny)) is not None:
         shape = (field.STAR_PEAK * e.exptime / 60.0 * field.star_shape(lam)).astype(np.float32)
         light = light + shape[:, None] * star
+    field_stars = stars.star_field(seed)
     if e.kind == "object" and (more := stars.light(
-            ifu, index, lam, stars.spaxels(FIELD[seed], e.pointing), FIELD[seed], e.exptime,
+            ifu, index, lam, stars.spaxels(field_stars, e.pointing), field_stars, e.exptime,
             biny)) is not None:
         light = light + more
     per_slice = (instrument.throughput.get(ifu, 1.0)
@@ -392,7 +383,7 @@ def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = 
                      "date_obs": e.start.isoformat(timespec="milliseconds"),
                      "offset": list(e.offset), "error": list(e.error)} for e in exposures]
     if any(e.kind == "object" for e in exposures):
-        truth.stars = stars.as_dicts(FIELD[seed])
+        truth.stars = stars.as_dicts(stars.star_field(seed))
     workers = workers or len(os.sched_getaffinity(0))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(write_exposure, e, list(ifus), seed, out, compress, instrument)

@@ -8,7 +8,9 @@ of the simulated exposures the field's x grows to the west: a spaxel ``(x, y)`` 
 pointing sees the sky ``0.2" * (-x, y)`` east and north of it (CD1_1 < 0, MUSE.md §7.4).
 """
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -53,7 +55,8 @@ class Star:
     kind: str
 
 
-def star_field(seed: int) -> list[Star]:
+@functools.cache
+def star_field(seed: int) -> tuple[Star, ...]:
     """Stars uniform over the field, magnitudes from a luminosity function rising by
     10^0.3 per magnitude (many faint, few bright), types 30 % A, 40 % G, 30 % M."""
     rng = np.random.default_rng([seed, 15])
@@ -63,15 +66,15 @@ def star_field(seed: int) -> list[Star]:
     a = 0.3 * math.log(10)
     mag = np.log1p(u * np.expm1(a * MAG_RANGE)) / a
     kinds = rng.choice(list(TYPES), N_STARS, p=[0.3, 0.4, 0.3])
-    return [Star(round(float(e), 4), round(float(n), 4), float(BRIGHTEST * 10 ** (-0.4 * m)),
-                 str(k)) for e, n, m, k in zip(east, north, mag, kinds, strict=True)]
+    return tuple(Star(round(float(e), 4), round(float(n), 4), float(BRIGHTEST * 10 ** (-0.4 * m)),
+                      str(k)) for e, n, m, k in zip(east, north, mag, kinds, strict=True))
 
 
-def as_dicts(stars: list[Star]) -> list[dict]:
+def as_dicts(stars: Sequence[Star]) -> list[dict]:
     return [asdict(s) for s in stars]
 
 
-def spaxels(stars: list[Star], pointing: tuple[float, float]) -> np.ndarray:
+def spaxels(stars: Sequence[Star], pointing: tuple[float, float]) -> np.ndarray:
     """(N, 2) field positions (x, y) in spaxels of the stars for an exposure whose field
     centre points ``pointing`` = (east, north) arcsec from the target."""
     east = np.array([s.east for s in stars]) - pointing[0]
@@ -94,7 +97,7 @@ def _cell(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return 0.5 * (erf(hi / s) - erf(lo / s))
 
 
-def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: list[Star],
+def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: Sequence[Star],
           exptime: float, biny: int = 1) -> np.ndarray | None:
     """Electrons per trimmed pixel from the stars at field positions ``xy``, or None if no
     star is near the IFU.  Each pixel collects the PSF over its spaxel (1 x 1)."""
@@ -128,7 +131,7 @@ def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: l
     return out
 
 
-def apparent(stars: list[Star], error: tuple[float, float], centre: tuple[float, float],
+def apparent(stars: Sequence[Star], error: tuple[float, float], centre: tuple[float, float],
              target: tuple[float, float]) -> np.ndarray:
     """(N, 2) RA, DEC (deg) at which an exposure whose pointing was off by ``error`` (east,
     north arcsec) places the stars, when the pipeline ties the header pointing to field
