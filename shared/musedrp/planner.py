@@ -790,6 +790,14 @@ def plan_combination(n: Night, objects: Sequence[Frame], cubes: dict[str, WorkOr
                         reasons=[f"{target}: {len(keep)} exposures ({names})"],
                         products=["OFFSET_LIST.fits", "PREVIEW_FOV.fits",
                                   *(f"SOURCE_LIST_{i:04d}.fits" for i in range(1, len(keep) + 1))])
+        need = BY_NAME["combine"].spec.memory_for(n.params("combine")[0]).estimate_gb(
+            0, len(n.ifus) * len(keep))
+        if n.memory_gb is not None and need > n.memory_gb:
+            n.decide(f"{target}: combination not planned: muse_exp_combine of {len(keep)} "
+                     f"exposures x {len(n.ifus)} IFUs needs {need:.1f} GB, more than the memory "
+                     f"budget of {n.memory_gb:.1f} GB (cubes in wavelength pieces are not built "
+                     "yet); the exposure cubes are the product")
+            continue
         statics = [Tag.FILTER_LIST] if n.static(Tag.FILTER_LIST, required=False) else []
         n.order("combine", None, [], [*(_product(cubes[e.path], Tag.PIXTABLE_REDUCED)
                                             for e in keep), _product(align, Tag.OFFSET_LIST)],

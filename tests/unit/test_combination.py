@@ -29,11 +29,11 @@ def night(template, make_frame):
            *template(56870.85, keys=ARC, ifus=IFUS),
            frame({**STD, "MJD-OBS": 56871.2, "TPL.START": "s", "TPL.NEXP": 1}, ifus=IFUS)]
 
-    def run(exposures, statics=("SKY_LINES", "FILTER_LIST"), overrides=None):
+    def run(exposures, statics=("SKY_LINES", "FILTER_LIST"), overrides=None, memory_gb=None):
         files = [frame({"PRO.CATG": t}, ifus=(), name=f"{t.lower()}.fits") for t in (
             "LINE_CATALOG", "GEOMETRY_TABLE", "EXTINCT_TABLE", "STD_FLUX_TABLE", *statics)]
         return plan_night([*cal, *exposures, *files], Path("/out"), "2.8.7",
-                          overrides=overrides)
+                          overrides=overrides, memory_gb=memory_gb)
 
     def exposure(offset=(0.0, 0.0), minutes=0.0, keys=OBJECT, **more):
         east, north = offset
@@ -125,3 +125,13 @@ def test_the_users_sky_method_wins_over_the_planners(night):
     p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)],
               overrides={"scipost": {"skymethod": "none"}})
     assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"none"}
+
+
+def test_a_combination_beyond_the_memory_budget_is_decided_not_refused(night):
+    """Aligned all the same (images only); the combination left out with its estimate."""
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)], memory_gb=4.0)
+    assert len(orders(p, "align")) == 1 and orders(p, "combine") == []
+    assert any(d.endswith("NGC6397: combination not planned: muse_exp_combine of 2 exposures "
+                          "x 3 IFUs needs 6.2 GB, more than the memory budget of 4.0 GB (cubes "
+                          "in wavelength pieces are not built yet); the exposure cubes are the "
+                          "product") for d in p.decisions)
