@@ -39,9 +39,10 @@ SPEC = StageSpec(
               Product(Tag.IMAGE_FOV, numbered=True, when="save:cube")),
     params=ExpCombineParams,
     per_ifu=False,
-    # every exposure's pixel table at once: the memory model counts IFU-exposures (the
-    # planner passes IFUs x exposures); scipost's per-IFU cost until measured
-    memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
+    # every exposure's pixel table at once: the model counts IFU-exposures (the planner
+    # passes IFUs x exposures); measured 2.07 + 0.523 GB per IFU-exposure on 2 and 3
+    # exposures of 3 IFUs (benchmarks/results/science_memory.md): ~40 GB for 3 x 24 IFUs
+    memory=MemoryModel(base_gb=2.2, per_frame_gb=0.0, per_ifu_gb=0.55),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC EXPCOMB \w+",)},

@@ -70,7 +70,7 @@ def test_dithered_exposures_are_aligned_and_combined_with_the_sky_exposure_model
     (combine,) = orders(p, "combine")
     assert [f.tag for f in combine.inputs].count("PIXTABLE_REDUCED") == 3
     assert align.job_key in combine.needs
-    assert combine.memory_gb == pytest.approx(0.2 + 1.0 * 3 * 3)
+    assert combine.memory_gb == pytest.approx(2.2 + 0.55 * 3 * 3)
     assert any("NGC6397: 3 exposures aligned" in d for d in p.decisions)
 
 
@@ -132,6 +132,6 @@ def test_a_combination_beyond_the_memory_budget_is_decided_not_refused(night):
     p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)], memory_gb=4.0)
     assert len(orders(p, "align")) == 1 and orders(p, "combine") == []
     assert any(d.endswith("NGC6397: combination not planned: muse_exp_combine of 2 exposures "
-                          "x 3 IFUs needs 6.2 GB, more than the memory budget of 4.0 GB (cubes "
+                          "x 3 IFUs needs 5.5 GB, more than the memory budget of 4.0 GB (cubes "
                           "in wavelength pieces are not built yet); the exposure cubes are the "
                           "product") for d in p.decisions)
