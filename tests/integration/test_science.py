@@ -135,14 +135,17 @@ def test_stars_of_the_combined_cube_sit_where_the_truth_puts_them(combined):
 
 def test_star_fluxes_of_the_combined_cube_match_the_truth(combined):
     """Within 5 %, from 6000 to 8000 A, against the simulated spectra: each star alone,
-    summed within 8 spaxels (4.7 seeing sigma) above the fitted background.  Measured:
-    0.96-1.01; the response muse_standard derives is 2 % high (the simulated throughput
-    against QC STANDARD THRU: its Moffat integration), which takes 2 % off every star."""
+    summed within 8 spaxels (4.7 seeing sigma) above the median of a ring 9-12 spaxels out
+    (the fitted flat background also holds the wings a Gaussian misses).  Measured:
+    0.97-1.01 on seeds 1 and 7; the response muse_standard derives is 2-4 % above the
+    simulated throughput (test_cascade), which takes as much off every star."""
     _, xy, field_stars, lam = combined
     ratios = []
-    for j, alone, background in isolated_stars(combined):
+    for j, alone, _ in isolated_stars(combined):
         gy, gx = np.mgrid[:alone.shape[0], :alone.shape[1]]
-        aperture = np.hypot(gx - xy[j, 0], gy - xy[j, 1]) <= 8
+        r = np.hypot(gx - xy[j, 0], gy - xy[j, 1])
+        background = np.nanmedian(alone[(r > 9) & (r < 12)])
+        aperture = r <= 8
         expected = 1e20 * field_stars[j].flux * stars.stellar_shape(field_stars[j].kind,
                                                                     lam).mean()
         ratios.append((j, float(np.sum(alone[aperture] - background) / expected)))
