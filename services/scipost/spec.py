@@ -39,6 +39,8 @@ class ScipostParams(RecipeParams):
     astrometry: bool = True
 
 
+SUBTRACTED = MemoryModel(base_gb=0.15, per_frame_gb=0.0, per_ifu_gb=0.65)
+
 SPEC = StageSpec(
     name="scipost",
     recipe="muse_scipost",
@@ -60,9 +62,8 @@ SPEC = StageSpec(
     # the wavelength range takes half the memory.  Subtracting a given sky model (or none)
     # builds no sky cube: 0.11 + 0.63 GB per IFU on 1-3 (results/science_memory.md)
     memory=MemoryModel(base_gb=0.2, per_frame_gb=0.0, per_ifu_gb=1.0),
-    memory_when=tuple(((("skymethod", method), MemoryModel(base_gb=0.15, per_frame_gb=0.0,
-                                                            per_ifu_gb=0.65))
-                       for method in ("subtract-model", "none"))),
+    memory_when=tuple((("skymethod", method), SUBTRACTED)
+                      for method in ("subtract-model", "none")),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC SCIPOST \w+",)},
