@@ -24,7 +24,8 @@ from musedrp.tags import Tag
 OFFSET_LIST = "OFFSET_LIST.fits"
 # telescope offsets are good to about 1": a larger correction is a false match
 MAX_CORRECTION_ARCSEC = 3.0
-NO_SOURCES = ("Too few sources", "point-sources were detected")
+# the [ERROR] muse_exp_align ends with when an image has no usable source left
+NO_SOURCES = "Too few sources left"
 
 
 def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
@@ -33,8 +34,8 @@ def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
         result = runner.compute(SPEC, order, workdir, cpus)
     except DataError as err:
         found = err.metadata.get("run")
-        if found is None or found.returncode in (None, 0) or not any(
-                m in line for line in found.errors + found.warnings for m in NO_SOURCES):
+        if found is None or not found.returncode or found.returncode < 0 or not any(
+                NO_SOURCES in line for line in found.errors):
             raise  # a crash, a kill or a bad product: not a question of the data
         return fallback(images, workdir, f"muse_exp_align failed: {err}", found)
     problem = check(result.products[OFFSET_LIST], len(images), result.qc[OFFSET_LIST])

@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
+from musedrp import esorex
 from musedrp.errors import DataError
+from musedrp.messages import InputFile, WorkOrder
 from musedrp.services.align import compute
+from musedrp.tags import Tag
 
 DATES = ["2014-08-02T03:05:01.500", "2014-08-02T03:16:41.500", "2014-08-02T03:40:01.500"]
 
@@ -65,3 +68,36 @@ def test_the_fallback_is_every_exposure_at_its_header_position_with_the_reason(t
 def test_an_image_without_a_date_cannot_be_placed(tmp_path):
     with pytest.raises(DataError, match="no DATE-OBS/MJD-OBS"):
         compute.fallback([fov(tmp_path, 0), fov(tmp_path, 1, date=False)], tmp_path, "x", None)
+
+
+def failing_run(returncode: int, errors: list[str]):
+    return esorex.RecipeRun("muse_exp_align", [], returncode, 1.0, 1.0, 0.0, 10**8, [0], 1,
+                            False, errors=errors)
+
+
+@pytest.mark.parametrize(("returncode", "errors", "falls_back"), [
+    (1, ["Too few sources left after filtering detected sources of image 2"], True),
+    (-9, ["Too few sources left after filtering detected sources of image 2"], False),
+    (1, ["Segmentation fault"], False),
+])
+def test_only_a_recipe_that_found_no_source_falls_back(tmp_path, monkeypatch, returncode,
+                                                       errors, falls_back):
+    """Out of sources is a fact about the data: header offsets.  A kill, a crash: the job
+    fails as any other (retried or dead-lettered), never a silent zero offset."""
+    run = failing_run(returncode, errors)
+
+    def fail(*_):
+        raise DataError("muse_exp_align exited", run=run)
+    monkeypatch.setattr(compute.runner, "compute", fail)
+    images = [fov(tmp_path, i) for i in range(2)]
+    order = WorkOrder(stage="align", recipe="muse_exp_align", job_key="00000000000a11a9",
+                      night="2014-08-01", setup="WFM-NOAO-N_SCI1.0", ifu=None,
+                      inputs=tuple(InputFile(tag=Tag.IMAGE_FOV, path=str(p)) for p in images),
+                      params={}, memory_gb=0.3, timeout_s=60)
+    if not falls_back:
+        with pytest.raises(DataError, match="exited"):
+            compute.run(order, tmp_path, [0])
+        return
+    result = compute.run(order, tmp_path, [0])
+    assert result.qc["OFFSET_LIST.fits"]["MUSEDRP ALIGN REASON"].startswith(
+        "muse_exp_align failed: muse_exp_align exited")
