@@ -294,11 +294,15 @@ def white_light(jobs: list[Job]) -> str:
 
 
 def _truth(jobs: list[Job]) -> Truth | None:
-    """The simulator's truth beside the raw OBJECT frames, when there is one."""
+    """The simulator's truth beside the raw OBJECT frames, when there is one (a file of that
+    name that is not the simulator's is ignored)."""
     for j in _of(jobs, "scibasic"):
         for i in j.order["inputs"]:
             if i["tag"] == "OBJECT" and (path := Path(i["path"]).parent / "truth.json").exists():
-                return Truth.load(path)
+                try:
+                    return Truth.load(path)
+                except (OSError, ValueError, TypeError, KeyError, AttributeError):
+                    return None
     return None
 
 

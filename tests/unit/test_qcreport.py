@@ -102,3 +102,11 @@ def test_eso_score_per_exposure():
         page = qcreport.scores([*jobs, *(qcreport.Job(c, Path("/x"), "succeeded", {})
                                          for c in cubes), align])
         assert page.count(f"<td>{shown}</td>") == 2
+
+
+@pytest.mark.parametrize("text", ["not json", "[1, 2]", '{"night": "x"}'])
+def test_a_truth_file_that_is_not_the_simulators_is_ignored(tmp_path, text):
+    (tmp_path / "truth.json").write_text(text)
+    scibasic = order("scibasic", "s1") | {"inputs": [
+        {"tag": "OBJECT", "path": str(tmp_path / "MUSE.2014-08-02T03:05:01.500.fits")}]}
+    assert qcreport._truth([qcreport.Job(scibasic, tmp_path, "succeeded", {})]) is None
