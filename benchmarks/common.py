@@ -5,6 +5,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import threading
@@ -26,6 +27,7 @@ from musedrp.serve import Fleet  # noqa: E402
 from musedrp.settings import Settings  # noqa: E402
 from musedrp.simulate import night  # noqa: E402
 from musedrp.storage import S3Store  # noqa: E402
+from musedrp.tags import Tag  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 PG = os.environ.get("MUSEDRP_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -181,3 +183,32 @@ def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings
         with engine.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
         engine.dispose()
+
+
+# Re-running a merging job of a reduction on part of its inputs (memory benchmarks)
+PER_IFU = (Tag.PIXTABLE_OBJECT, Tag.PIXTABLE_SKY, Tag.LSF_PROFILE)
+IFU_SUFFIX = re.compile(r"-(\d\d)\.fits$")
+
+
+def first_job(reduced: Path, stage: str) -> dict:
+    """The manifest of a reduction's first job (by key) of ``stage``."""
+    manifests = sorted(reduced.glob(f"products/*/{stage}/*/*/manifest.json"))
+    if not manifests:
+        raise SystemExit(f"no {stage} job with a manifest under {reduced}/products")
+    return json.loads(manifests[0].read_text())
+
+
+def subset(manifest: dict, n: int) -> list[esorex.SofEntry]:
+    """A merging job's inputs (its manifest's) with the per-IFU ones of IFUs 1..n only, or
+    with the first n reduced pixel tables (one per exposure): what it costs on less."""
+    sof, tables = [], 0
+    for i in manifest["inputs"]:
+        tag = Tag(i["tag"])
+        if tag in PER_IFU and int(IFU_SUFFIX.search(i["name"])[1]) > n:
+            continue
+        if tag == Tag.PIXTABLE_REDUCED:
+            tables += 1
+            if tables > n:
+                continue
+        sof.append(esorex.SofEntry(Path(i["path"]).resolve(), tag))
+    return sof

@@ -14,8 +14,6 @@ is what its memory model counts) and writes ``results/science_memory.{md,json,pn
 """
 
 import argparse
-import json
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -27,33 +25,7 @@ from musedrp import esorex
 from musedrp.tags import Tag
 from musedrp.topology import BY_NAME
 
-from common import write_results
-
-PER_IFU = (Tag.PIXTABLE_OBJECT, Tag.PIXTABLE_SKY, Tag.LSF_PROFILE)
-IFU_SUFFIX = re.compile(r"-(\d\d)\.fits$")
-
-
-def first_job(reduced: Path, stage: str) -> dict:
-    manifests = sorted(reduced.glob(f"products/*/{stage}/*/*/manifest.json"))
-    if not manifests:
-        raise SystemExit(f"no {stage} job with a manifest under {reduced}/products")
-    return json.loads(manifests[0].read_text())
-
-
-def subset(manifest: dict, n: int) -> list[esorex.SofEntry]:
-    """The job's inputs with the per-IFU ones of IFUs 1..n, or the first n reduced pixel
-    tables (one per exposure)."""
-    sof, tables = [], 0
-    for i in manifest["inputs"]:
-        tag = Tag(i["tag"])
-        if tag in PER_IFU and int(IFU_SUFFIX.search(i["name"])[1]) > n:
-            continue
-        if tag == Tag.PIXTABLE_REDUCED:
-            tables += 1
-            if tables > n:
-                continue
-        sof.append(esorex.SofEntry(Path(i["path"]).resolve(), tag))
-    return sof
+from common import first_job, subset, write_results
 
 
 def measure(stage: str, manifest: dict, n: int, units: int, cpus: list[int]) -> dict:

@@ -15,8 +15,6 @@ the pixel-table rows within ``lambdamin..lambdamax``): what a cube made in piece
 """
 
 import argparse
-import json
-import re
 import sys
 import tempfile
 from pathlib import Path
@@ -28,28 +26,7 @@ from musedrp import esorex
 from musedrp.services.scipost.spec import SPEC
 from musedrp.tags import Tag
 
-from common import write_results
-
-PER_IFU = (Tag.PIXTABLE_OBJECT, Tag.LSF_PROFILE)
-IFU_SUFFIX = re.compile(r"-(\d\d)\.fits$")
-
-
-def first_job(reduced: Path) -> dict:
-    manifests = sorted(reduced.glob("products/*/scipost/*/*/manifest.json"))
-    if not manifests:
-        raise SystemExit(f"no scipost job with a manifest under {reduced}/products")
-    return json.loads(manifests[0].read_text())
-
-
-def inputs_for(manifest: dict, n_ifus: int) -> list[esorex.SofEntry]:
-    """The job's inputs with the per-IFU ones of IFUs 1..n_ifus only."""
-    sof = []
-    for i in manifest["inputs"]:
-        tag = Tag(i["tag"])
-        if tag in PER_IFU and int(IFU_SUFFIX.search(i["name"])[1]) > n_ifus:
-            continue
-        sof.append(esorex.SofEntry(Path(i["path"]).resolve(), tag))
-    return sof
+from common import first_job, subset, write_results
 
 
 def main() -> int:
@@ -60,7 +37,7 @@ def main() -> int:
     p.add_argument("--cpus", default="0-1")
     p.add_argument("--split-at", type=float, help="wavelength [Angstrom]")
     args = p.parse_args()
-    manifest = first_job(args.reduced)
+    manifest = first_job(args.reduced, "scipost")
     have = sum(Tag(i["tag"]) == Tag.PIXTABLE_OBJECT for i in manifest["inputs"])
     counts = [int(n) for n in args.ifus.split(",")]
     if max(counts) > have:
@@ -75,7 +52,7 @@ def main() -> int:
     for n, lo, hi in runs:
         these = params.model_copy(update={"lambdamin": lo, "lambdamax": hi})
         with tempfile.TemporaryDirectory(prefix="musedrp-bench-") as tmp:
-            r = esorex.run_recipe(SPEC.recipe, inputs_for(manifest, n), these.to_esorex_args(),
+            r = esorex.run_recipe(SPEC.recipe, subset(manifest, n), these.to_esorex_args(),
                                   Path(tmp), cpus, SPEC.timeout_s)
             cube = esorex.check(r, ["DATACUBE_FINAL.fits"])["DATACUBE_FINAL.fits"]
             cube_gb = cube.stat().st_size / 1e9

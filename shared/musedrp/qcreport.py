@@ -25,7 +25,6 @@ from astropy.wcs import WCS
 from musedrp import qcplot, qctrend
 from musedrp.messages import WorkOrder
 from musedrp.provenance import ERROR_FILE, MANIFEST
-from musedrp.simulate import field, stars
 from musedrp.simulate.night import Truth
 from musedrp.stages import product_tag
 from musedrp.tags import Tag
@@ -272,6 +271,19 @@ def standard(jobs: list[Job]) -> str:
     return f"<ul>{reasons}</ul>" + _png(fig)
 
 
+def _field_figure(image: np.ndarray):
+    """An image of the field in grey, scaled to its 2-99.5 percentiles (blank and empty
+    spaxels left out): (figure, axes)."""
+    ny, nx = image.shape
+    fig, ax = plt.subplots(figsize=(8, max(1.5, min(8, 8 * ny / nx)) + 0.6))
+    shown = image[np.isfinite(image) & (image != 0)]
+    lo, hi = np.percentile(shown, [2, 99.5]) if shown.size else (0, 1)
+    ax.imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+    ax.set_xlabel("x [spaxel]")
+    ax.set_ylabel("y [spaxel]")
+    return fig, ax
+
+
 def white_light(jobs: list[Job]) -> str:
     parts = []
     for j in _of(jobs, "scipost"):
@@ -282,12 +294,7 @@ def white_light(jobs: list[Job]) -> str:
             data = hdul["DATA"].data
             image = np.nansum([np.nan_to_num(data[i:i + 256]).sum(axis=0)
                                for i in range(0, data.shape[0], 256)], axis=0)
-        ny, nx = image.shape
-        fig, ax = plt.subplots(figsize=(8, max(1.5, min(8, 8 * ny / nx)) + 0.6))
-        lo, hi = np.nanpercentile(image[image != 0], [2, 99.5]) if image.any() else (0, 1)
-        ax.imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi)
-        ax.set_xlabel("x [spaxel]")
-        ax.set_ylabel("y [spaxel]")
+        fig, _ = _field_figure(image)
         parts.append(f"<h3>{html.escape(j.label)} {html.escape(j.order['job_key'])}</h3>"
                      + _png(fig))
     return "".join(parts) or "<p>No final cube.</p>"
@@ -310,7 +317,6 @@ def alignment(jobs: list[Job]) -> str:
     """How the exposures were placed: muse_exp_align's offsets (or the header fallback and
     why), against the simulated pointing errors where the truth is known."""
     truth = _truth(jobs)
-    errors = {f["date_obs"]: f["error"] for f in truth.frames} if truth else {}
     parts = []
     for j in _of(jobs, "align"):
         path = j.product("OFFSET_LIST")
@@ -322,18 +328,18 @@ def alignment(jobs: list[Job]) -> str:
                f": {qc.get('QC EXPALIGN NMATCH MIN', '?')} stars matched at least")
         table = fits.getdata(path, 1)
         cos_dec = np.cos(np.radians(truth.target[1])) if truth else 1.0
+        simulated = (truth.offsets(table["DATE_OBS"][0])
+                     if truth and table["DATE_OBS"][0] in truth.objects() else {})
         rows = []
         for r in table:
             got = np.array([r["RA_OFFSET"] * cos_dec, r["DEC_OFFSET"]]) * 3600
             row = [r["DATE_OBS"], f"{got[0]:+.3f}", f"{got[1]:+.3f}"]
-            if errors and (e := errors.get(r["DATE_OBS"])):
-                first = errors[table["DATE_OBS"][0]]
-                want = np.subtract(first, e)
+            if (want := simulated.get(r["DATE_OBS"])) is not None:
                 row += [f"{want[0]:+.3f}", f"{want[1]:+.3f}",
                         f"{np.hypot(*(got - want)):.3f}"]
             rows.append(row)
         head = ["exposure", "RA offset [\"]", "Dec offset [\"]"]
-        if errors:
+        if simulated:
             head += ["simulated RA [\"]", "simulated Dec [\"]", "error [\"]"]
         parts.append(f"<p>{html.escape(j.order['reasons'][0] if j.order['reasons'] else '')}: "
                      f"offsets by <b>{html.escape(method)}</b>{html.escape(why)}.</p>"
@@ -352,23 +358,15 @@ def combined(jobs: list[Job]) -> str:
             continue
         with fits.open(path) as hdul:
             image, wcs = hdul["DATA"].data, WCS(hdul["DATA"].header)
-        ny, nx = image.shape
-        fig, ax = plt.subplots(figsize=(8, max(1.5, min(8, 8 * ny / nx)) + 0.6))
-        finite = image[np.isfinite(image)]
-        lo, hi = np.percentile(finite, [2, 99.5]) if finite.size else (0, 1)
-        ax.imshow(image, origin="lower", cmap="gray", vmin=lo, vmax=hi)
+        fig, ax = _field_figure(image)
         if truth and truth.stars:
-            dates = sorted(f["date_obs"] for f in truth.frames if f["kind"] == "object")
-            first = next(f for f in truth.frames if f["date_obs"] == dates[0])
-            radec = stars.apparent([stars.Star(**s) for s in truth.stars], first["error"],
-                                   field.data_centre(truth.ifus), truth.target)
+            radec = truth.apparent_stars()
             x, y = wcs.all_world2pix(radec[:, 0], radec[:, 1], 0)
+            ny, nx = image.shape
             keep = (x > -1) & (x < nx) & (y > -1) & (y < ny)
             ax.scatter(x[keep], y[keep], s=30, facecolors="none", edgecolors="tab:red",
                        linewidths=0.6, label="simulated stars")
             ax.legend(loc="upper right", fontsize=7)
-        ax.set_xlabel("x [spaxel]")
-        ax.set_ylabel("y [spaxel]")
         parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>" + _png(fig))
     return "".join(parts) or "<p>No combined cube.</p>"
 

@@ -14,13 +14,9 @@ from musedrp.services.align import compute as align
 from musedrp.simulate import field, stars
 from musedrp.tags import Tag
 
-from .conftest import IFUS, product, products
+from .conftest import product, products
 
 pytestmark = pytest.mark.integration
-
-
-def frames_by_date(truth) -> dict[str, dict]:
-    return {f["date_obs"]: f for f in truth.frames if f["kind"] == "object"}
 
 
 def test_offsets_from_exp_align_match_the_simulated_pointing_errors(reduced, night):
@@ -31,13 +27,11 @@ def test_offsets_from_exp_align_match_the_simulated_pointing_errors(reduced, nig
     table = fits.getdata(product(out, "align", "OFFSET_LIST.fits"), 1)
     assert fits.getheader(product(out, "align", "OFFSET_LIST.fits"))[
         "MUSEDRP ALIGN METHOD"] == "muse_exp_align"
-    by_date = frames_by_date(truth)
-    assert sorted(table["DATE_OBS"]) == sorted(by_date)
+    assert sorted(table["DATE_OBS"]) == sorted(truth.objects())
     cos_dec = np.cos(np.radians(truth.target[1]))
-    first = by_date[table["DATE_OBS"][0]]["error"]
+    simulated = truth.offsets(table["DATE_OBS"][0])
     for row in table:
-        error = by_date[row["DATE_OBS"]]["error"]
-        expected = np.subtract(first, error)
+        expected = simulated[row["DATE_OBS"]]
         measured = np.array([row["RA_OFFSET"] * cos_dec, row["DEC_OFFSET"]]) * 3600
         assert np.hypot(*(measured - expected)) < 0.05, (row["DATE_OBS"], measured, expected)
 
@@ -56,19 +50,16 @@ def combined(reduced, night):
         band = np.flatnonzero((lam > 6000) & (lam < 8000))
         image = np.asarray(hdul["DATA"].section[band[0]:band[-1] + 1], float).mean(axis=0)
         wcs = WCS(h).celestial
-    first = min(frames_by_date(truth).values(), key=lambda f: f["date_obs"])
     field_stars = [stars.Star(**s) for s in truth.stars]
-    radec = stars.apparent(field_stars, first["error"], field.data_centre(IFUS), truth.target)
+    radec = truth.apparent_stars()
     xy = np.column_stack(wcs.all_world2pix(radec[:, 0], radec[:, 1], 0))
     return image, xy, field_stars, lam[band]
 
 
 def psf(gx: np.ndarray, gy: np.ndarray, x: float, y: float, sigma: float) -> np.ndarray:
     """A Gaussian of unit flux integrated over each spaxel."""
-    def cell(d):
-        return 0.5 * (stars.erf((d + 0.5) / (sigma * 2**0.5))
-                      - stars.erf((d - 0.5) / (sigma * 2**0.5)))
-    return cell(gx - x) * cell(gy - y)
+    return (stars.cell(gx - x - 0.5, gx - x + 0.5, sigma)
+            * stars.cell(gy - y - 0.5, gy - y + 0.5, sigma))
 
 
 def photometry(image: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, list[int], float, float]:

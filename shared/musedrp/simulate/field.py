@@ -43,9 +43,8 @@ def data_centre(ifus) -> tuple[float, float]:
     """Field position (x, y spaxels) of the middle of the IFUs' slices: where muse_scipost
     puts the header's RA/DEC (the centre of the data present, not of the field)."""
     ys = np.concatenate([slice_sky(ifu)[2] for ifu in ifus])
-    xs = slice_sky(1)[1]
-    half = detector.SLICE_WIDTH / 2
-    return (float(xs.min() - half + xs.max() + half) / 2, float(ys.min() + ys.max()) / 2)
+    xs = slice_sky(1)[1]  # the stacks' centres: the same in every IFU
+    return float(xs.min() + xs.max()) / 2, float(ys.min() + ys.max()) / 2
 
 
 def slice_index(ifu: int, biny: int = 1) -> np.ndarray:

@@ -362,6 +362,26 @@ class Truth:
             raw[name] = {int(k): v for k, v in raw[name].items()}
         return cls(**raw)
 
+    def objects(self) -> dict[str, dict]:
+        """The OBJECT exposures by DATE-OBS."""
+        return {f["date_obs"]: f for f in self.frames if f["kind"] == "object"}
+
+    def offsets(self, reference: str) -> dict[str, np.ndarray]:
+        """Where each OBJECT exposure's stars appear from those of the exposure taken at
+        ``reference`` (DATE-OBS), (east, north) arcsec: error_ref - error_i, what
+        muse_exp_align measures with that exposure as its first image."""
+        objects = self.objects()
+        return {d: np.subtract(objects[reference]["error"], f["error"])
+                for d, f in objects.items()}
+
+    def apparent_stars(self) -> np.ndarray:
+        """(N, 2) RA, DEC at which a combined cube shows the stars: in the frame of the first
+        exposure (muse_exp_combine's reference; its pointing error no alignment can know),
+        the header pointing tied to the middle of the IFUs present."""
+        first = self.objects()[min(self.objects())]
+        return stars.apparent([stars.Star(**s) for s in self.stars], first["error"],
+                              field.data_centre(self.ifus), self.target)
+
 
 def simulate_night(out: Path, ifus: Sequence[int], seed: int = 1, night: date = date(2014, 8, 1),
                    workers: int | None = None, progress=None, compress: bool = False,

@@ -91,9 +91,9 @@ def erf(x: np.ndarray) -> np.ndarray:
     return np.sign(x) * (1.0 - poly * np.exp(-x * x))
 
 
-def _cell(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Fraction of a unit Gaussian of width SIGMA between ``lo`` and ``hi`` (spaxels)."""
-    s = SIGMA * math.sqrt(2)
+def cell(lo: np.ndarray, hi: np.ndarray, sigma: float = SIGMA) -> np.ndarray:
+    """Fraction of a unit Gaussian of width ``sigma`` between ``lo`` and ``hi`` (spaxels)."""
+    s = sigma * math.sqrt(2)
     return 0.5 * (erf(hi / s) - erf(lo / s))
 
 
@@ -109,6 +109,7 @@ def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: S
         return None
     rows = index.shape[0]
     y = (np.arange(rows) + 0.5) * biny - 0.5
+    shift = detector.slice_shift(ifu, y)  # of every slice at each row: the tilt
     centre = detector.slice_left_edges() + detector.SLICE_WIDTH / 2
     out = np.zeros(index.shape, np.float32)
     for i in near:
@@ -117,15 +118,15 @@ def light(ifu: int, index: np.ndarray, lam: np.ndarray, xy: np.ndarray, stars: S
                     * stellar_shape(star.kind, lam)).astype(np.float32)
         x0, y0 = xy[i]
         for k in np.flatnonzero(np.abs(sy - y0) < reach):
-            wy = _cell(sy[k] - y0 - 0.5, sy[k] - y0 + 0.5)
+            wy = cell(sy[k] - y0 - 0.5, sy[k] - y0 + 0.5)
             # columns of slice k whose sky x is within reach: x = sx + (centre - column)
-            mid = centre[k] + detector.slice_shift(ifu, y[rows // 2]) + sx[k] - x0
+            mid = centre[k] + shift[rows // 2] + sx[k] - x0
             cols = np.arange(max(0, int(mid - reach - 3)),
                              min(index.shape[1], int(mid + reach + 4)))
             if cols.size == 0:
                 continue
-            sky_x = sx[k] + (centre[k] + detector.slice_shift(ifu, y)[:, None] - cols[None, :])
-            wx = _cell(sky_x - x0 - 0.5, sky_x - x0 + 0.5)
+            sky_x = sx[k] + (centre[k] + shift[:, None] - cols[None, :])
+            wx = cell(sky_x - x0 - 0.5, sky_x - x0 + 0.5)
             mine = index[:, cols] == k
             out[:, cols] += np.where(mine, wx * wy * spectrum[:, None], 0.0)
     return out
