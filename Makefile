@@ -69,7 +69,7 @@ bench: setup
 # docker/images.sh and docs/operations.md
 VERSION  := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 GIT_SHA  := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
-SERVICES := ingest planner bias flat wavecal lsf twilight scibasic standard sky scipost align combine
+SERVICES := ingest planner bias flat wavecal lsf twilight scibasic standard sky scipost align combine stitch
 TAG      ?= $(VERSION)
 images: system
 	docker/images.sh $(VERSION) $(GIT_SHA) $(TAG) $(SERVICES)

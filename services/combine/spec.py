@@ -1,15 +1,21 @@
 """muse_exp_combine: the PIXTABLE_REDUCED of two or more exposures of one field + OFFSET_LIST
 -> one DATACUBE_FINAL (contract from `esorex --man-page muse_exp_combine`).  One job per
-target, setup and night; the per-exposure cubes stay (crowded-field extraction uses them)."""
+target, setup and night, or one per wavelength piece when the cube does not fit the memory
+budget (``compute.py``, ``musedrp.pieces``); the per-exposure cubes stay (crowded-field
+extraction uses them)."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from musedrp.stages import Input, MemoryModel, Product, RecipeParams, StageSpec
 from musedrp.tags import Tag
 
 
 class ExpCombineParams(RecipeParams):
-    """muse_exp_combine options; defaults from the man page."""
+    """muse_exp_combine options; defaults from the man page.  ``piece`` is musedrp's own:
+    the wavelength range ("min,max" in Å) of the piece this job resamples, empty for the
+    whole cube."""
+
+    OWN: ClassVar[tuple[str, ...]] = ("piece",)
 
     save: str = "cube"
     resample: Literal["nearest", "linear", "quadratic", "renka", "drizzle", "lanczos"] = "drizzle"
@@ -26,6 +32,7 @@ class ExpCombineParams(RecipeParams):
     filter: str = "white"
     lambdamin: float = 4000.0
     lambdamax: float = 10000.0
+    piece: str = ""
 
 
 SPEC = StageSpec(
@@ -34,6 +41,8 @@ SPEC = StageSpec(
     inputs=(
         Input(Tag.PIXTABLE_REDUCED, raw=True, min_count=2),
         *(Input(t, required=False) for t in (Tag.OFFSET_LIST, Tag.FILTER_LIST, Tag.OUTPUT_WCS)),
+        # not the recipe's: the exposures' field images, which the grid is derived from
+        Input(Tag.IMAGE_FOV, min_count=2, own=True),
     ),
     products=(Product(Tag.DATACUBE_FINAL, when="save:cube"),
               Product(Tag.IMAGE_FOV, numbered=True, when="save:cube")),

@@ -24,6 +24,7 @@ from functools import cache
 from pathlib import Path
 from statistics import fmean
 
+from musedrp import pieces
 from musedrp.errors import NoWork
 from musedrp.frames import Frame, Setup
 from musedrp.messages import InputFile, WorkOrder
@@ -790,18 +791,43 @@ def plan_combination(n: Night, objects: Sequence[Frame], cubes: dict[str, WorkOr
                         reasons=[f"{target}: {len(keep)} exposures ({names})"],
                         products=["OFFSET_LIST.fits", "PREVIEW_FOV.fits",
                                   *(f"SOURCE_LIST_{i:04d}.fits" for i in range(1, len(keep) + 1))])
-        need = BY_NAME["combine"].spec.memory_for(n.params("combine")[0]).estimate_gb(
-            0, len(n.ifus) * len(keep))
-        if n.memory_gb is not None and need > n.memory_gb:
-            n.decide(f"{target}: combination not planned: muse_exp_combine of {len(keep)} "
-                     f"exposures x {len(n.ifus)} IFUs needs {need:.1f} GB, more than the memory "
-                     f"budget of {n.memory_gb:.1f} GB (cubes in wavelength pieces are not built "
-                     "yet); the exposure cubes are the product")
-            continue
         statics = [Tag.FILTER_LIST] if n.static(Tag.FILTER_LIST, required=False) else []
-        n.order("combine", None, [], [*(_product(cubes[e.path], Tag.PIXTABLE_REDUCED)
-                                            for e in keep), _product(align, Tag.OFFSET_LIST)],
-                statics, [f"{target}: {len(keep)} exposures ({names}), offsets from "
-                          "muse_exp_align, checked"], n_ifus=len(n.ifus) * len(keep))
-        n.decide(f"{target}: {len(keep)} exposures aligned (muse_exp_align) and combined "
-                 "(muse_exp_combine) into one cube")
+        inputs = [*(_product(cubes[e.path], tag) for tag in (Tag.PIXTABLE_REDUCED, Tag.IMAGE_FOV)
+                    for e in keep), _product(align, Tag.OFFSET_LIST)]
+        why = f"{target}: {len(keep)} exposures ({names}), offsets from muse_exp_align, checked"
+        plan_cube(n, f"{target}: {len(keep)} exposures", inputs, statics, why,
+                  len(n.ifus) * len(keep))
+
+
+def plan_cube(n: Night, what: str, inputs, statics, why: str, size: int) -> None:
+    """muse_exp_combine of ``size`` IFU-exposures: one job if it fits the memory budget, else
+    the fewest wavelength pieces that each fit, and the stitch (``musedrp.pieces``)."""
+    model, _ = n.params("combine")
+    memory = BY_NAME["combine"].spec.memory_for(model)
+    whole = memory.estimate_gb(0, size)
+    count = pieces.count(lambda f: n.memory_gb is None
+                         or memory.estimate_gb(0, size * f) <= n.memory_gb)
+    if count is None:
+        n.decide(f"{what} not combined: even in {pieces.MOST} wavelength pieces "
+                 f"muse_exp_combine of {size} IFU-exposures needs "
+                 f"{memory.estimate_gb(0, size * pieces.fraction(pieces.MOST)):.1f} GB, more "
+                 f"than the memory budget of {n.memory_gb:.1f} GB; the exposure cubes are "
+                 "the product")
+        return
+    if count == 1:
+        n.order("combine", None, [], inputs, statics, [why], n_ifus=size)
+        n.decide(f"{what} aligned (muse_exp_align) and combined (muse_exp_combine) into one "
+                 "cube")
+        return
+    cuts = pieces.cuts(model.lambdamin, model.lambdamax, count)
+    parts = [n.order("combine", None, [], inputs, statics,
+                     [why, f"piece {k} of {count}: {lo:g}-{hi:g} Å"],
+                     n_ifus=size * pieces.fraction(count), params={"piece": f"{lo:g},{hi:g}"})
+             for k, (lo, hi) in enumerate(cuts, 1)]
+    n.order("stitch", None, [], [_product(p, tag) for p in parts
+                                 for tag in (Tag.DATACUBE_FINAL, Tag.IMAGE_FOV)],
+            reasons=[f"{what}: the {count} wavelength pieces of the combined cube"])
+    n.decide(f"{what} aligned (muse_exp_align) and combined (muse_exp_combine) in {count} "
+             f"wavelength pieces of at most {parts[0].memory_gb:.1f} GB, stitched into one cube: "
+             f"the whole range at once needs {whole:.1f} GB, more than the memory budget of "
+             f"{n.memory_gb:.1f} GB")

@@ -349,10 +349,13 @@ def alignment(jobs: list[Job]) -> str:
 
 def combined(jobs: list[Job]) -> str:
     """Each combined cube's white-light image, with the simulated stars where the first
-    exposure's frame puts them (the truth, when the night was simulated)."""
+    exposure's frame puts them (the truth, when the night was simulated), and the wavelength
+    pieces it was made in, if any."""
     truth = _truth(jobs)
     parts = []
-    for j in _of(jobs, "combine"):
+    pieces = {j.order["job_key"]: j for j in _of(jobs, "combine") if j.order["params"].get("piece")}
+    for j in [*(j for j in _of(jobs, "combine") if j.order["job_key"] not in pieces),
+              *_of(jobs, "stitch")]:
         path = j.product("IMAGE_FOV")
         if path is None:
             continue
@@ -367,7 +370,10 @@ def combined(jobs: list[Job]) -> str:
             ax.scatter(x[keep], y[keep], s=30, facecolors="none", edgecolors="tab:red",
                        linewidths=0.6, label="simulated stars")
             ax.legend(loc="upper right", fontsize=7)
-        parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>" + _png(fig))
+        made = [pieces[k].order["reasons"][-1] for k in j.order["needs"] if k in pieces]
+        split = (f"<p>Resampled in {len(made)} wavelength pieces on one grid and stitched: "
+                 f"{html.escape('; '.join(made))}.</p>" if made else "")
+        parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>{split}" + _png(fig))
     return "".join(parts) or "<p>No combined cube.</p>"
 
 

@@ -4,7 +4,7 @@ know (per-IFU or fan-in, memory model, timeout, headline QC keys)."""
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -15,12 +15,14 @@ class RecipeParams(BaseModel):
     """Recipe options; subclasses copy names and defaults from ``esorex --man-page``."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+    # musedrp's own options of the stage, never passed to the recipe
+    OWN: ClassVar[tuple[str, ...]] = ()
 
     def to_esorex_args(self) -> list[str]:
         """The only place that writes ``--name=value``; booleans as esorex spells them."""
         def fmt(v: object) -> str:
             return ("TRUE" if v else "FALSE") if isinstance(v, bool) else str(v)
-        return [f"--{k}={fmt(v)}" for k, v in self.model_dump().items()]
+        return [f"--{k}={fmt(v)}" for k, v in self.model_dump().items() if k not in self.OWN]
 
 
 class OverscanParams(RecipeParams):
@@ -51,6 +53,7 @@ class Input:
     raw: bool = False
     required: bool = True
     min_count: int = 1
+    own: bool = False  # read by musedrp's own code around the recipe, not in the recipe's SOF
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class StageSpec:
     multicore: bool = False
     # models that replace ``memory`` for one value of a parameter: (name, value) -> model
     memory_when: tuple[tuple[tuple[str, str], MemoryModel], ...] = ()
+
+    @property
+    def own(self) -> bool:
+        """musedrp's own step (``musedrp_<name>``), not an ESO recipe."""
+        return self.recipe.startswith("musedrp_")
 
     def memory_for(self, params: RecipeParams) -> MemoryModel:
         """The memory model of a job with ``params``."""

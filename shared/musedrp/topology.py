@@ -47,6 +47,7 @@ STAGES: Final = (
     Stage("scipost", needs=("scibasic", "standard", "lsf", "sky")),
     Stage("align", needs=("scipost",)),  # muse_exp_align
     Stage("combine", needs=("scipost", "align")),  # muse_exp_combine
+    Stage("stitch", needs=("combine",)),  # wavelength pieces into one cube (musedrp's own)
 )
 BY_NAME: Final = {s.name: s for s in STAGES}
 

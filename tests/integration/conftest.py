@@ -95,6 +95,13 @@ def product(out: Path, stage: str, name: str) -> Path:
     return path
 
 
+def combined_product(out: Path, name: str) -> Path:
+    """A product of the combination made at once, not of one of its wavelength pieces."""
+    (path,) = [p for p in products(out, "combine", name) if not json.loads(
+        (p.parent / "manifest.json").read_text())["parameters"]["piece"]]
+    return path
+
+
 def manifest(out: Path, stage: str, ifu: int | None = IFU) -> dict:
     found = [json.loads(p.read_text()) for p in products(out, stage, "manifest.json")]
     (m,) = [m for m in found if m["ifu"] == ifu]

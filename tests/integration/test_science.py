@@ -14,7 +14,7 @@ from musedrp.services.align import compute as align
 from musedrp.simulate import field, stars
 from musedrp.tags import Tag
 
-from .conftest import product, products
+from .conftest import combined_product, product, products
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def combined(reduced, night):
     the IFUs present."""
     _, out, _ = reduced
     truth = night[1]
-    with fits.open(product(out, "combine", "DATACUBE_FINAL.fits")) as hdul:
+    with fits.open(combined_product(out, "DATACUBE_FINAL.fits")) as hdul:
         h = hdul["DATA"].header
         lam = h["CRVAL3"] + (np.arange(h["NAXIS3"]) + 1 - h["CRPIX3"]) * h["CD3_3"]
         band = np.flatnonzero((lam > 6000) & (lam < 8000))
@@ -150,7 +150,7 @@ def test_sky_left_in_empty_spaxels_is_below_five_percent_of_the_sky(reduced, com
     _, out, _ = reduced
     _, xy, _, _ = combined
     sky = fits.getdata(product(out, "sky", "SKY_SPECTRUM.fits"), 1)
-    with fits.open(product(out, "combine", "DATACUBE_FINAL.fits")) as hdul:
+    with fits.open(combined_product(out, "DATACUBE_FINAL.fits")) as hdul:
         h = hdul["DATA"].header
         data = hdul["DATA"].data
         gy, gx = np.mgrid[:h["NAXIS2"], :h["NAXIS1"]]

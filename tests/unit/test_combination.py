@@ -127,11 +127,30 @@ def test_the_users_sky_method_wins_over_the_planners(night):
     assert {o.params["skymethod"] for o in orders(p, "scipost")} == {"none"}
 
 
-def test_a_combination_beyond_the_memory_budget_is_decided_not_refused(night):
-    """Aligned all the same (images only); the combination left out with its estimate."""
+def test_a_combination_beyond_the_memory_budget_is_cut_into_wavelength_pieces(night):
+    """The whole needs 2.2 + 0.55 x 6 = 5.5 GB: three pieces of at most 3.5 GB each (the
+    fewest odd count that fits 4 GB), all of the same inputs, and a stitch of their cubes."""
     p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)], memory_gb=4.0)
-    assert len(orders(p, "align")) == 1 and orders(p, "combine") == []
-    assert any(d.endswith("NGC6397: combination not planned: muse_exp_combine of 2 exposures "
-                          "x 3 IFUs needs 5.5 GB, more than the memory budget of 4.0 GB (cubes "
-                          "in wavelength pieces are not built yet); the exposure cubes are the "
-                          "product") for d in p.decisions)
+    (align,) = orders(p, "align")
+    parts = orders(p, "combine")
+    assert [o.params["piece"] for o in parts] == ["4000,6200", "6200,7800", "7800,10000"]
+    assert all(o.memory_gb <= 4.0 for o in parts)
+    assert len({tuple(o.inputs) for o in parts}) == 1 and len({o.job_key for o in parts}) == 3
+    assert [f.tag for f in parts[0].inputs].count("IMAGE_FOV") == 2
+    (stitch,) = orders(p, "stitch")
+    assert set(stitch.needs) == {o.job_key for o in parts}
+    assert sorted(f.tag for f in stitch.inputs) == ["DATACUBE_FINAL"] * 3 + ["IMAGE_FOV"] * 3
+    assert any(d.endswith("NGC6397: 2 exposures aligned (muse_exp_align) and combined "
+                          "(muse_exp_combine) in 3 wavelength pieces of at most 3.5 GB, "
+                          "stitched into one cube: the whole range at once needs 5.5 GB, more "
+                          "than the memory budget of 4.0 GB") for d in p.decisions)
+
+
+def test_a_combination_no_piece_count_fits_is_decided_not_refused(night):
+    """Aligned all the same (images only); the combination left out with its estimate."""
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)], memory_gb=2.5)
+    assert len(orders(p, "align")) == 1 and orders(p, "combine") == orders(p, "stitch") == []
+    assert any(d.endswith("NGC6397: 2 exposures not combined: even in 15 wavelength pieces "
+                          "muse_exp_combine of 6 IFU-exposures needs 2.6 GB, more than the "
+                          "memory budget of 2.5 GB; the exposure cubes are the product")
+               for d in p.decisions)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from musedrp import pieces
 from musedrp.serve import SERVICES
 from musedrp.topology import BY_NAME, TRANSFER_MARGIN_S, work_key
 
@@ -20,7 +21,9 @@ K8S = Path(__file__).parents[2] / "k8s"
 # a full night: (raw frames per job, IFUs per job) — what the sizes must hold
 FULL_NIGHT = {"bias": (11, 1), "flat": (11, 1), "wavecal": (15, 1), "lsf": (15, 1),
               "twilight": (8, 24), "scibasic": (2, 1), "standard": (0, 24), "sky": (0, 24),
-              "scipost": (0, 24), "align": (3, 1), "combine": (0, 3 * 24)}  # 3 exposures
+              "scipost": (0, 24), "align": (3, 1),
+              # 3 exposures, planned in the 3 wavelength pieces that fit the planner's 20 GB
+              "combine": (0, 3 * 24 * pieces.fraction(3)), "stitch": (0, 1)}
 UNITS = {"Gi": 2**30, "Mi": 2**20}
 
 
