@@ -50,7 +50,7 @@ def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
         start = tiles[0][1][pieces.START]
         header["NAXIS3"] = total
         header["CRVAL3"] = header["CRVAL3"] - (start - 1) * header["CD3_3"]
-        stream = fits.StreamingHDU(cube, header)
+        stream = fits.StreamingHDU(str(cube), header)
         sums = None
         for path, h in tiles:
             with fits.open(path, memmap=True) as hdus:
