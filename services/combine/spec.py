@@ -4,7 +4,9 @@ target, setup and night, or one per wavelength piece when the cube does not fit 
 budget (``compute.py``, ``musedrp.pieces``); the per-exposure cubes stay (crowded-field
 extraction uses them)."""
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import StringConstraints
 
 from musedrp.stages import Input, MemoryModel, Product, RecipeParams, StageSpec
 from musedrp.tags import Tag
@@ -32,7 +34,7 @@ class ExpCombineParams(RecipeParams):
     filter: str = "white"
     lambdamin: float = 4000.0
     lambdamax: float = 10000.0
-    piece: str = ""
+    piece: Annotated[str, StringConstraints(pattern=r"^(\d{4,5}(\.\d+)?,\d{4,5}(\.\d+)?)?$")] = ""
 
 
 SPEC = StageSpec(

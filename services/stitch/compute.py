@@ -79,25 +79,31 @@ def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
 
 
 def layout(paths: Sequence[Path], heads: Sequence[fits.Header]) -> list[tuple[Path, fits.Header]]:
-    """The pieces in wavelength order, checked to tile the whole grid exactly once."""
+    """The pieces in wavelength order, checked to tile the whole grid exactly once, each
+    owning planes its cube holds."""
     try:
-        tiles = sorted(zip(paths, heads, strict=True), key=lambda t: t[1][pieces.FIRST])
-        totals = {h[pieces.PLANES] for _, h in tiles}
-        ends = [(h[pieces.FIRST], h[pieces.LAST]) for _, h in tiles]
-    except KeyError as err:
-        raise DataError(f"a cube that is not a wavelength piece: no {err} in its header") \
-            from err
+        marks = [{k: int(h[k]) for k in MARKS} for h in heads]
+        planes = [int(fits.getval(p, "NAXIS3", "DATA")) for p in paths]
+    except (KeyError, ValueError, TypeError, OSError) as err:
+        raise DataError(f"a cube that is not a wavelength piece: {err}") from err
+    tiles = sorted(zip(paths, marks, planes, strict=True), key=lambda t: t[1][pieces.FIRST])
+    totals = {m[pieces.PLANES] for _, m, _ in tiles}
     if len(totals) != 1:
         raise DataError(f"pieces of different cubes: {sorted(totals)} planes")
+    (total,) = totals
     expected = 1
-    for first, last in ends:
-        if first != expected:
-            raise DataError(f"the pieces leave planes {expected}-{first - 1} uncovered"
-                            if first > expected else f"the pieces overlap at plane {first}")
-        expected = last + 1
-    if expected != totals.pop() + 1:
-        raise DataError(f"the pieces stop at plane {expected - 1} of {expected - 1}")
-    return tiles
+    for path, m, n in tiles:
+        if m[pieces.FIRST] != expected:
+            raise DataError(f"the pieces leave planes {expected}-{m[pieces.FIRST] - 1} uncovered"
+                            if m[pieces.FIRST] > expected else
+                            f"the pieces overlap at plane {m[pieces.FIRST]}")
+        if not m[pieces.START] <= m[pieces.FIRST] <= m[pieces.LAST] < m[pieces.START] + n:
+            raise DataError(f"{path.name}: planes {m[pieces.FIRST]}-{m[pieces.LAST]} are not "
+                            f"among the {n} it holds from plane {m[pieces.START]}")
+        expected = m[pieces.LAST] + 1
+    if expected != total + 1:
+        raise DataError(f"the pieces stop at plane {expected - 1} of {total}")
+    return [(path, m) for path, m, _ in tiles]
 
 
 def accumulate(sums, block: np.ndarray, header: fits.Header, first: int):

@@ -10,6 +10,7 @@ from astropy.wcs import WCS
 
 from musedrp import pieces
 from musedrp.errors import DataError
+from musedrp.services.combine.spec import ExpCombineParams
 from musedrp.services.stitch import compute as stitch
 
 GRID = pieces.Grid(crval=(265.17, -53.67), crpix=(151.0, 20.0), cd=(-0.2 / 3600, 0.2 / 3600),
@@ -43,9 +44,12 @@ def test_pieces_own_every_plane_once_and_the_central_one_is_centred(n):
     assert owned == list(range(1, GRID.planes + 1))
 
 
-def test_a_piece_without_planes_is_an_error():
+def test_a_piece_without_planes_is_an_error_and_a_malformed_one_is_refused():
     with pytest.raises(DataError, match="holds no plane"):
         pieces.planes(GRID, (2000.0, 3000.0))
+    with pytest.raises(ValueError, match="piece"):
+        ExpCombineParams(piece="4000,../../etc")
+    assert ExpCombineParams(piece="4000,6200.5").piece == "4000,6200.5"
 
 
 def test_output_wcs_carries_the_grid_without_data(tmp_path):
@@ -115,7 +119,9 @@ def test_a_grid_from_unreadable_inputs_is_a_data_error(tmp_path):
 
 
 def piece(tmp_path: Path, k: int, start: int, first: int, last: int, total: int,
-          data: np.ndarray) -> tuple[Path, fits.Header]:
+          planes: int | None = None) -> tuple[Path, fits.Header]:
+    """A piece cube of ``planes`` planes (enough for the ones it owns unless given)."""
+    data = np.zeros((planes or last - start + 1, 2, 2), np.float32)
     h = fits.Header()
     h[pieces.START], h[pieces.FIRST], h[pieces.LAST], h[pieces.PLANES] = start, first, last, total
     path = tmp_path / f"piece{k}.fits"
@@ -127,22 +133,29 @@ def piece(tmp_path: Path, k: int, start: int, first: int, last: int, total: int,
 
 def test_the_stitch_refuses_gaps_overlaps_and_foreign_cubes(tmp_path):
     cube = np.zeros((10, 2, 2), np.float32)
-    a = piece(tmp_path, 1, 1, 1, 8, 20, cube)
-    b = piece(tmp_path, 2, 5, 9, 20, 20, cube)
+    a = piece(tmp_path, 1, 1, 1, 8, 20)
+    b = piece(tmp_path, 2, 5, 9, 20, 20)
     assert [p for p, _ in stitch.layout(*zip(b, a, strict=True))] == [a[0], b[0]]
-    gap = piece(tmp_path, 3, 6, 10, 20, 20, cube)
+    gap = piece(tmp_path, 3, 6, 10, 20, 20)
     with pytest.raises(DataError, match="planes 9-9 uncovered"):
         stitch.layout(*zip(a, gap, strict=True))
     with pytest.raises(DataError, match="overlap at plane 8"):
-        stitch.layout(*zip(a, piece(tmp_path, 4, 4, 8, 20, 20, cube), strict=True))
+        stitch.layout(*zip(a, piece(tmp_path, 4, 4, 8, 20, 20), strict=True))
     with pytest.raises(DataError, match="different cubes"):
-        stitch.layout(*zip(a, piece(tmp_path, 5, 5, 9, 21, 21, cube), strict=True))
-    with pytest.raises(DataError, match="stop at plane 8"):
+        stitch.layout(*zip(a, piece(tmp_path, 5, 5, 9, 21, 21), strict=True))
+    with pytest.raises(DataError, match="stop at plane 8 of 20"):
         stitch.layout([a[0]], [a[1]])
+    beyond = piece(tmp_path, 6, 9, 9, 20, 20, planes=10)  # from plane 9, they end at 18
+    with pytest.raises(DataError, match="planes 9-20 are not among the 10 it holds"):
+        stitch.layout(*zip(a, beyond, strict=True))
     plain = tmp_path / "plain.fits"
-    fits.PrimaryHDU().writeto(plain)
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(cube, name="DATA")]).writeto(plain)
     with pytest.raises(DataError, match="not a wavelength piece"):
         stitch.layout([plain], [fits.getheader(plain)])
+    hostile = fits.getheader(a[0])
+    hostile[pieces.FIRST] = "1; rm -rf /"
+    with pytest.raises(DataError, match="not a wavelength piece"):
+        stitch.layout([a[0]], [hostile])
 
 
 def test_white_light_is_the_mean_of_finite_values_inside_the_filter():
