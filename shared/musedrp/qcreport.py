@@ -370,7 +370,8 @@ def combined(jobs: list[Job]) -> str:
             ax.scatter(x[keep], y[keep], s=30, facecolors="none", edgecolors="tab:red",
                        linewidths=0.6, label="simulated stars")
             ax.legend(loc="upper right", fontsize=7)
-        made = [pieces[k].order["reasons"][-1] for k in j.order["needs"] if k in pieces]
+        made = [r for k in j.order["needs"] if k in pieces
+                for r in pieces[k].order["reasons"] if r.startswith("piece ")]
         split = (f"<p>Resampled in {len(made)} wavelength pieces on one grid and stitched: "
                  f"{html.escape('; '.join(made))}.</p>" if made else "")
         parts.append(f"<h3>{html.escape(j.order['reasons'][0])}</h3>{split}" + _png(fig))

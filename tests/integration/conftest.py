@@ -86,6 +86,19 @@ def history(workspace: Path) -> Path:
     return out
 
 
+def reduce_into_copy(reduced, workspace: Path, name: str, raw: Path, *args: str):
+    """``musedrp reduce`` into a copy of the session's output (hard links): the jobs shared
+    with it are answered from its manifests, only what ``args`` change runs again."""
+    _, out, _ = reduced
+    target = workspace / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(out / "products", target / "products", copy_function=os.link)
+    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
+                           str(target), *args], capture_output=True, text=True, timeout=3600,
+                          check=False)
+    return proc.returncode, target, proc.stdout + proc.stderr
+
+
 def products(out: Path, stage: str, name: str = "*.fits") -> list[Path]:
     return sorted(out.glob(f"products/*/{stage}/*/*/{name}"))
 

@@ -6,31 +6,17 @@ are answered from its manifests and only what the choice changes is run again.
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from musedrp.services.scipost.spec import SPEC as SCIPOST
 from musedrp.services.twilight.spec import SPEC as TWILIGHT
 
-from .conftest import IFUS
+from .conftest import IFUS, reduce_into_copy
 
 pytestmark = pytest.mark.integration
 
-
-def reduce_into_copy(reduced, workspace: Path, name: str, raw: Path, *args: str):
-    _, out, _ = reduced
-    target = workspace / name
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(out / "products", target / "products", copy_function=os.link)
-    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
-                           str(target), *args], capture_output=True, text=True, timeout=3600,
-                          check=False)
-    return proc.returncode, target, proc.stdout + proc.stderr
 
 
 def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(reduced, night,

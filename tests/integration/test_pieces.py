@@ -1,34 +1,30 @@
 """A combined cube made in wavelength pieces equals the one made at once.
 
-The session's night is reduced again with a memory budget (7 GB) below the combination's
-estimate (7.15 GB for 3 exposures x 3 IFUs): every other job comes from the cache, the
+The session's night is reduced again, into a copy of its output, with a memory budget (7 GB)
+below the combination's estimate (7.15 GB for 3 exposures x 3 IFUs): every other job comes
+from the cache, the
 combination is planned as three pieces on the grid derived from the exposures, and the
 stitch joins them.  muse_exp_combine subtracts no sky, so the two cubes must agree to
 float32 rounding, plane by plane, and carry the same QC."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from .conftest import combined_product, product
+from .conftest import combined_product, product, reduce_into_copy
 
 BUDGET_GB = 7.0
 
 
 @pytest.fixture(scope="module")
-def pieced(reduced, night):
-    code, out, _ = reduced
-    assert code == 0
-    raw, _ = night
-    proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw), "-o",
-                           str(out), "--memory", str(BUDGET_GB)],
-                          capture_output=True, text=True, timeout=3600, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out, proc.stdout
+def pieced(reduced, night, workspace):
+    assert reduced[0] == 0
+    code, out, log = reduce_into_copy(reduced, workspace, "reduced-pieces", night[0],
+                                      "--memory", str(BUDGET_GB))
+    assert code == 0, log[-3000:]
+    return out, log
 
 
 def test_the_plan_cuts_the_combination_into_three_pieces_and_stitches_them(pieced):
@@ -40,8 +36,8 @@ def test_the_plan_cuts_the_combination_into_three_pieces_and_stitches_them(piece
     assert "scipost" not in stages  # everything upstream came from the cache
 
 
-def test_the_stitched_cube_equals_the_cube_made_at_once(reduced, pieced):
-    _, out, _ = reduced
+def test_the_stitched_cube_equals_the_cube_made_at_once(pieced):
+    out, _ = pieced  # the one-piece cube came from the session's output, hard-linked
     whole = combined_product(out, "DATACUBE_FINAL.fits")
     stitched = product(out, "stitch", "DATACUBE_FINAL.fits")
     with fits.open(whole) as a, fits.open(stitched) as b:
@@ -61,8 +57,8 @@ def test_the_stitched_cube_equals_the_cube_made_at_once(reduced, pieced):
                                            err_msg=f"{ext} planes {z}-{z + 255}")
 
 
-def test_the_white_light_image_is_recomputed_over_the_whole_range(reduced, pieced):
-    _, out, _ = reduced
+def test_the_white_light_image_is_recomputed_over_the_whole_range(pieced):
+    out, _ = pieced
     whole = fits.getdata(combined_product(out, "IMAGE_FOV_0001.fits"), "DATA")
     stitched = fits.getdata(product(out, "stitch", "IMAGE_FOV_0001.fits"), "DATA")
     assert (np.isnan(whole) == np.isnan(stitched)).all()
