@@ -16,7 +16,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from datetime import date
@@ -137,7 +137,7 @@ class Planner(Handler):
             if v.flagged:
                 self.log.warning("QC flagged: %s", v)
 
-    def idle(self, publish: Callable[[Envelope], None]) -> None:
+    def idle(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Collect a finished planning, start the next one once frames stop arriving (one at
         a time, in its thread), and issue what may run.  What fails is kept (the touched
         nights, the jobs due) and raised: the consumer calls again later."""
@@ -182,15 +182,18 @@ class Planner(Handler):
             self.log.info("decision: %s", line)
         return [o.job_key for o in plan.orders]
 
-    def issue(self, publish: Callable[[Envelope], None]) -> None:
+    def issue(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Publish the waiting jobs just planned or needing a job just finished, if their
-        inputs exist; block those below a failure, and the jobs below them in turn.
+        inputs exist, in one batch, and then mark them queued; block those below a failure,
+        and the jobs below them in turn.  A crash between the two re-issues the batch (a
+        worker finds a job's manifest and does not run it twice).
 
         A blocked job is issued after all if its upstream job succeeds later (replayed): its
         dependents are looked at again when it finishes."""
         jobs = (self.registry.jobs(*WAITING) if ALL in self.due else
                 self.registry.jobs(*WAITING, keys=self.due)
                 + self.registry.dependents(self.finished, *WAITING))
+        issued: list[tuple[str, WorkOrder]] = []
         while jobs:
             state = self.registry.states({n for j in jobs for n in j.order["needs"]})
             blocked = []
@@ -203,13 +206,15 @@ class Planner(Handler):
                         blocked.append(j.key)
                         self.log.warning("%s blocked: %s", order, reason)
                 elif all(state.get(n) in OK_STATES for n in order.needs):
-                    publish(Envelope(type=work_key(order.stage), source="planner",
-                                     correlation_id=night_correlation(order.night),
-                                     payload=order))
-                    self.registry.set_state(j.key, "queued")
-                    metrics.PLANNED.labels(order.stage).inc()
-                    self.log.info("issued %s", order)
+                    issued.append((j.key, order))
             jobs = self.registry.dependents(blocked, "planned")
+        publish([Envelope(type=work_key(o.stage), source="planner",
+                          correlation_id=night_correlation(o.night), payload=o)
+                 for _, o in issued])
+        self.registry.set_states([key for key, _ in issued], "queued")
+        for _, order in issued:
+            metrics.PLANNED.labels(order.stage).inc()
+            self.log.info("issued %s", order)
         self.due, self.finished = set(), set()
 
 

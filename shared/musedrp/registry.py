@@ -1,7 +1,7 @@
 """The registry: frames, jobs and products, in SQLite (embedded) or PostgreSQL (cluster)."""
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -282,6 +282,15 @@ class Registry:
                 job.wall_s = wall_s
             if peak_rss_bytes is not None:
                 job.peak_rss_bytes = peak_rss_bytes
+
+    def set_states(self, keys: Sequence[str], state: str) -> None:
+        """Many jobs to ``state`` in one transaction, their reasons cleared."""
+        if state not in JOB_STATES:
+            raise ValueError(f"unknown job state {state!r}")
+        with Session(self.engine) as s, s.begin():
+            for start in range(0, len(keys), 500):
+                s.execute(update(JobRow).where(JobRow.key.in_(keys[start:start + 500]))
+                          .values(state=state, reason=""))
 
     def record_products(self, job_key: str, ifu: int | None,
                         products: Iterable[tuple[str, str, dict[str, Any]]]) -> None:

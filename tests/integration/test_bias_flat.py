@@ -162,7 +162,7 @@ def test_plan_explains_without_running(night, workspace, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
+@pytest.mark.parametrize("stage", [s for s in STAGES if not s.spec.own], ids=lambda s: s.name)
 def test_committed_man_pages_match_the_installed_pipeline(stage, tmp_path):
     """A pipeline upgrade that changes a recipe's contract fails here, not in a night."""
     recipe = stage.spec.recipe

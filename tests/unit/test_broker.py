@@ -137,11 +137,11 @@ class FailingIdle(Handler):
 
 def test_periodic_work_that_fails_is_tried_again_later_not_fatal():
     consumer = Consumer(Settings.load({}), queue("planner"), FailingIdle(Transient("db down")))
-    assert consumer._idle(Channel()) >= broker.IDLE_RETRY_S
+    assert consumer._idle() >= broker.IDLE_RETRY_S
     lost = Consumer(Settings.load({}), queue("planner"),
                     FailingIdle(broker.pe.StreamLostError("gone")))
     with pytest.raises(broker.pe.StreamLostError):
-        lost._idle(Channel())
+        lost._idle()
 
 
 def deliver(body: bytes, headers=None):

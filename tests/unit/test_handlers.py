@@ -168,10 +168,10 @@ def idle(planner) -> list[Envelope]:
     """What ``idle()`` publishes, and later calls until the planning it started is done (it
     runs in a thread of its own) and what it planned is issued."""
     published = []
-    planner.idle(published.append)
+    planner.idle(published.extend)
     while planner.planning is not None:
         futures.wait([planner.planning[1]])
-        planner.idle(published.append)
+        planner.idle(published.extend)
     return published
 
 
@@ -234,11 +234,11 @@ def test_planning_runs_beside_the_connection_thread(planner_setup, monkeypatch):
     monkeypatch.setattr(planner_service, "plan_night", slow)
     planner, published = make(), []
     start = time.monotonic()
-    planner.idle(published.append)
+    planner.idle(published.extend)
     assert time.monotonic() - start < 0.5 and published == []
     while not published and time.monotonic() - start < 10:
         time.sleep(0.1)
-        planner.idle(published.append)
+        planner.idle(published.extend)
     assert [e.type for e in published] == ["work.bias"] and time.monotonic() - start > 1.5
 
 
