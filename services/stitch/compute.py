@@ -28,16 +28,16 @@ MARKS = (pieces.START, pieces.FIRST, pieces.LAST, pieces.PLANES)
 
 def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
     started, cpu0 = time.monotonic(), time.process_time()
-    cubes = [f for f in order.inputs if f.tag == Tag.DATACUBE_FINAL]
+    cubes = {Path(f.path): f.job_key for f in order.inputs if f.tag == Tag.DATACUBE_FINAL}
     images = {f.job_key: Path(f.path) for f in order.inputs if f.tag == Tag.IMAGE_FOV}
-    paths = [Path(f.path) for f in cubes]
+    paths = list(cubes)
     heads = [fits.getheader(p, 0) for p in paths]
     tiles = layout(paths, heads)
-    total = heads[0][pieces.PLANES]
-    middle = next(i for i, h in enumerate(heads)
-                  if h[pieces.FIRST] <= total // 2 + 1 <= h[pieces.LAST])
-    central = heads[middle]
-    primary = central.copy()
+    total = tiles[0][1][pieces.PLANES]
+    central = next(p for p, m in tiles if m[pieces.FIRST] <= total // 2 + 1 <= m[pieces.LAST])
+    if cubes[central] not in images:
+        raise DataError(f"no IMAGE_FOV of the central piece {cubes[central]}")
+    primary = heads[paths.index(central)].copy()
     for key in MARKS:
         del primary[key]
     primary["HIERARCH MUSEDRP PIECES"] = (len(paths), "wavelength pieces stitched")
@@ -64,9 +64,7 @@ def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
         stream.close()
         if ext == "DATA":
             white = sums
-    if cubes[middle].job_key not in images:
-        raise DataError(f"no IMAGE_FOV of the central piece {cubes[middle].job_key}")
-    image = write_image(workdir / IMAGE, images[cubes[middle].job_key], white)
+    image = write_image(workdir / IMAGE, images[cubes[central]], white)
     qc = {CUBE: esorex.qc_keywords(cube) | {"MUSEDRP PIECES": len(paths)}, IMAGE: {}}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     run_record = esorex.RecipeRun(
