@@ -14,7 +14,6 @@ from musedrp.services.combine.spec import SPEC
 from musedrp.tags import Tag
 
 CUBE = "DATACUBE_FINAL.fits"
-OWN = {i.tag for i in SPEC.inputs if i.own}
 
 
 def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
@@ -32,8 +31,7 @@ def run(order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
     lambdamax = grid.wavelength(last) + pieces.STEP / 2
     wcs = pieces.write_output_wcs(grid.piece(first, last), workdir / "OUTPUT_WCS.fits")
     recipe_order = order.model_copy(update={
-        "inputs": (*(f for f in order.inputs if f.tag not in OWN),
-                   InputFile(path=str(wcs), tag=Tag.OUTPUT_WCS)),
+        "inputs": (*order.inputs, InputFile(path=str(wcs), tag=Tag.OUTPUT_WCS)),
         "params": params.model_dump() | {"lambdamin": lambdamin, "lambdamax": lambdamax,
                                          "piece": ""}})
     result = runner.compute(SPEC, recipe_order, workdir, cpus)

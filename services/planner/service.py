@@ -193,7 +193,7 @@ class Planner(Handler):
         jobs = (self.registry.jobs(*WAITING) if ALL in self.due else
                 self.registry.jobs(*WAITING, keys=self.due)
                 + self.registry.dependents(self.finished, *WAITING))
-        issued: list[tuple[str, WorkOrder]] = []
+        issued: list[WorkOrder] = []
         while jobs:
             state = self.registry.states({n for j in jobs for n in j.order["needs"]})
             blocked = []
@@ -206,13 +206,13 @@ class Planner(Handler):
                         blocked.append(j.key)
                         self.log.warning("%s blocked: %s", order, reason)
                 elif all(state.get(n) in OK_STATES for n in order.needs):
-                    issued.append((j.key, order))
+                    issued.append(order)
             jobs = self.registry.dependents(blocked, "planned")
         publish([Envelope(type=work_key(o.stage), source="planner",
                           correlation_id=night_correlation(o.night), payload=o)
-                 for _, o in issued])
-        self.registry.set_states([key for key, _ in issued], "queued")
-        for _, order in issued:
+                 for o in issued])
+        self.registry.set_states([o.job_key for o in issued], "queued")
+        for order in issued:
             metrics.PLANNED.labels(order.stage).inc()
             self.log.info("issued %s", order)
         self.due, self.finished = set(), set()

@@ -56,11 +56,12 @@ def cuts(lambdamin: float, lambdamax: float, n: int) -> list[tuple[float, float]
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def fraction(n: int, lambdamin: float = 0.0, lambdamax: float = math.inf) -> float:
-    """The largest share of the input rows one of ``n`` pieces loads."""
-    lo, hi = max(lambdamin, DATA_RANGE[0]), min(lambdamax, DATA_RANGE[1])
+def fraction(n: int) -> float:
+    """The largest share of the input rows (over the data's range) one of ``n`` pieces
+    loads."""
     if n == 1:
         return 1.0
+    lo, hi = DATA_RANGE
     return min(1.0, ((hi - lo) / n + 2 * CENTRE_SLACK + 2 * (MARGIN + 1) * STEP) / (hi - lo))
 
 
@@ -126,8 +127,8 @@ def derive(images: Sequence[Path], tables: Sequence[Path], offsets: Path | None,
     """The grid of a combined cube, from its inputs' headers (see the module's docstring)."""
     try:
         heads = [_image_header(p) for p in images]
-        lows = [float(fits.getval(p, LLO, 0)) for p in tables]
-        highs = [float(fits.getval(p, LHI, 0)) for p in tables]
+        limits = [fits.getheader(p, 0) for p in tables]
+        lows, highs = [float(h[LLO]) for h in limits], [float(h[LHI]) for h in limits]
         shifts = _offsets(offsets, [str(h["DATE-OBS"])[:23] for h in heads])
         walls = [WCS(h, naxis=2) for h in heads]
     except (OSError, KeyError, ValueError, IndexError) as err:

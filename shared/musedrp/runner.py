@@ -44,10 +44,12 @@ ComputeFn = Callable[[WorkOrder, Path, Sequence[int]], StageResult]
 
 
 def compute(spec: StageSpec, order: WorkOrder, workdir: Path, cpus: Sequence[int]) -> StageResult:
-    """The common body of every recipe stage: SOF from the order, esorex, checked products."""
+    """The common body of every recipe stage: SOF from the order (without the inputs only
+    musedrp's own code reads), esorex, checked products."""
     params = spec.params(**order.params)
     args = ([f"--nifu={order.ifu}"] if spec.per_ifu and order.ifu else []) + params.to_esorex_args()
-    sof = [esorex.SofEntry(Path(f.path), f.tag) for f in order.inputs]
+    own = {i.tag for i in spec.inputs if i.own}
+    sof = [esorex.SofEntry(Path(f.path), f.tag) for f in order.inputs if f.tag not in own]
     run = esorex.run_recipe(spec.recipe, sof, args, workdir, cpus, order.timeout_s)
     products = esorex.check(run, list(order.products) or spec.product_names(order.ifu, params),
                             order.memory_gb)

@@ -16,6 +16,7 @@ from musedrp import esorex, runner
 from musedrp.errors import DataError, Interrupted, Transient
 from musedrp.messages import InputFile, WorkOrder
 from musedrp.services.bias.spec import SPEC as BIAS
+from musedrp.services.combine.spec import SPEC as COMBINE
 from musedrp.tags import Tag
 
 FAKE = Path(__file__).parent.parent / "fake_esorex.py"
@@ -156,6 +157,24 @@ def test_the_runner_names_the_estimate_of_a_killed_job(fake, tmp_path, monkeypat
                       params={}, memory_gb=1.7, timeout_s=60)
     with pytest.raises(DataError, match=r"out-of-memory killer \(peak RSS .*, estimate 1\.7 GB\)"):
         runner.compute(BIAS, order, tmp_path / "work", [0])
+
+
+def test_inputs_only_musedrp_reads_stay_out_of_the_sof(fake, tmp_path, monkeypatch):
+    """muse_exp_combine's SOF holds its tables and offsets, not the field images the grid is
+    derived from (``Input.own``)."""
+    monkeypatch.setenv("FAKE_ESOREX_MODE", "noproduct")
+    monkeypatch.setattr(esorex, "esorex_path", lambda: str(FAKE))
+    inputs = [InputFile(tag=tag, path=str(tmp_path / f"{tag}_{i}.fits"))
+              for tag in (Tag.PIXTABLE_REDUCED, Tag.IMAGE_FOV) for i in (1, 2)]
+    for f in inputs:
+        Path(f.path).touch()
+    order = WorkOrder(stage="combine", recipe="muse_exp_combine", job_key="0123456789abcdef",
+                      night="2014-08-01", setup="S", ifu=None, inputs=tuple(inputs), params={},
+                      memory_gb=1.0, timeout_s=60)
+    with pytest.raises(DataError):
+        runner.compute(COMBINE, order, tmp_path / "work", [0])
+    tags = (tmp_path / "work" / esorex.SOF_FILE).read_text().split()[1::2]
+    assert tags == ["PIXTABLE_REDUCED", "PIXTABLE_REDUCED"]
 
 
 def test_exit_zero_without_products_is_a_failure(fake):

@@ -378,7 +378,8 @@ class Truth:
         """(N, 2) RA, DEC at which a combined cube shows the stars: in the frame of the first
         exposure (muse_exp_combine's reference; its pointing error no alignment can know),
         the header pointing tied to the middle of the IFUs present."""
-        first = self.objects()[min(self.objects())]
+        objects = self.objects()
+        first = objects[min(objects)]
         return stars.apparent([stars.Star(**s) for s in self.stars], first["error"],
                               field.data_centre(self.ifus), self.target)
 
