@@ -1,5 +1,6 @@
 """The registry: frames, jobs and products, in SQLite (embedded) or PostgreSQL (cluster)."""
 
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -7,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -165,11 +167,17 @@ def _near(nights: Iterable[str], days: float):
                           for a, b in ranges))
 
 
+def to_json(value: Any) -> str:
+    """A JSON column's text: a pydantic model (a work order) written by pydantic, in one
+    call, instead of dumped to a dict and encoded again (a year's plan writes 80 000)."""
+    return value.model_dump_json() if isinstance(value, BaseModel) else json.dumps(value)
+
+
 class Registry:
     """A thin, typed layer over the three tables; every method is one transaction."""
 
     def __init__(self, url: str) -> None:
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, json_serializer=to_json)
         with self.engine.connect() as c:
             index_needs = not inspect(c).has_table(NeedRow.__tablename__)
         Base.metadata.create_all(self.engine)
@@ -245,7 +253,7 @@ class Registry:
             if new:
                 s.execute(insert(JobRow.__table__), [
                     dict(key=k, stage=o.stage, night=o.night, setup=o.setup, ifu=o.ifu,
-                         order=o.model_dump(mode="json"))
+                         order=o)
                     for k, o in new.items()])
             if needs := [dict(job_key=k, need=n) for k, o in new.items() for n in o.needs]:
                 s.execute(insert(NeedRow.__table__), needs)

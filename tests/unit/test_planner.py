@@ -1,5 +1,7 @@
 """Association rules for bias and flat: setup filter, templates, closest in time, ties."""
 
+import hashlib
+import json
 import random
 from pathlib import Path
 
@@ -7,6 +9,7 @@ import pytest
 
 from musedrp.errors import NoWork
 from musedrp.frames import classify_file
+from musedrp.messages import WorkOrder
 from musedrp.planner import job_key, plan_night
 from musedrp.tags import Tag
 
@@ -149,6 +152,30 @@ def test_job_key_depends_on_content_not_order(plan, template, science):
     assert c.orders[0].params["combine"] == "median"
     assert c.orders[1].job_key != a.orders[1].job_key  # the flat's bias changed too
     assert job_key("muse_bias", "2.8.7", 1, {}, []) != job_key("muse_bias", "2.8.8", 1, {}, [])
+
+
+def test_job_key_is_the_hash_of_its_documented_content(plan, template, science):
+    """Products on disk and in the bucket are found by their job's key: a faster way of
+    computing it must give the same keys, also for names and checksums JSON must escape."""
+    frames = template(56870.75) + template(56870.8, keys=FLAT) + science()
+    odd = {1: 'quote " backslash \\ é'}
+    p = plan([f.model_copy(update={"datasums": odd}) if f.tag == Tag.BIAS else f
+              for f in frames])
+    for o in p.orders:
+        ident = sorted((str(f.tag), f.job_key, f.path.rpartition("/")[2], f.datasum)
+                       for f in o.inputs)
+        blob = json.dumps([o.recipe, "2.8.7", o.ifu, o.params, ident], sort_keys=True,
+                          default=str)
+        assert o.job_key == hashlib.sha256(blob.encode()).hexdigest()[:16], o
+    assert any(odd[1] in f.datasum for o in p.orders for f in o.inputs)
+
+
+def test_planned_orders_are_valid_work_orders(plan, template, science):
+    """Orders are built without validation (every value is the plan's own): what a worker
+    decodes must be the same order."""
+    p = plan(template(56870.75) + template(56870.8, keys=FLAT) + science())
+    for o in p.orders:
+        assert WorkOrder.model_validate_json(o.model_dump_json()) == o
 
 
 def test_unknown_parameter_is_an_error(plan, template, science):
