@@ -293,7 +293,7 @@ class Ident(NamedTuple):
 
 
 def ident(f: InputFile) -> Ident:
-    """Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
+    """An input's part of its job's identity.  Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
     from headers, so planning never reads pixels), static calibrations by their name and the
     SHA-256 of the file, products by the key of the job that made them: product bytes carry
     creation dates, so hashing them would make every re-run look new."""
@@ -305,8 +305,8 @@ def ident(f: InputFile) -> Ident:
 def job_key(recipe: str, version: str, ifu: int | None, params: dict,
             inputs: Iterable[Ident]) -> str:
     """Content-derived identity of a job: the SHA-256 of ``json.dumps([recipe, version, ifu,
-    params, sorted input parts], sort_keys=True, default=str)`` (``ident``), written with
-    each input's part encoded once."""
+    params, sorted input parts], sort_keys=True, default=str)``, written with each input's
+    part (``ident``) encoded once."""
     head = json.dumps([recipe, version, ifu, params], sort_keys=True, default=str)
     tail = ", ".join(i.text for i in sorted(inputs, key=lambda i: i.parts))
     return hashlib.sha256(f"{head[:-1]}, [{tail}]]".encode()).hexdigest()[:16]
