@@ -46,8 +46,8 @@ run: setup
 	$(BIN)/musedrp reduce $(DEMO_RAW) -o $(DEMO_OUT) $(DEMO_REDUCEFLAGS); status=$$?; \
 		$(BIN)/musedrp report $(DEMO_OUT) && exit $$status
 
-# the whole night, all 24 IFUs: 25 GB of compressed raw frames + ~45 GB of products (measured);
-# pruning makes room for the cubes
+# the whole night, all 24 IFUs, to the combined cube: 27 GB of compressed raw frames + at most
+# 48 GB of products at once (measured; pixel tables are pruned once their readers succeeded)
 full-night:
 	$(MAKE) run DEMO_IFUS=1-24 DEMO_SIMFLAGS=--compress DEMO_REDUCEFLAGS=--prune-pixtables
 
