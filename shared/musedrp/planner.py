@@ -293,10 +293,13 @@ class Ident(NamedTuple):
 
 
 def ident(f: InputFile) -> Ident:
-    """An input's part of its job's identity.  Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
+    """An input's part of its job's identity.
+
+    Raw inputs are identified by their name and the ``DATASUM`` of the extension read (both
     from headers, so planning never reads pixels), static calibrations by their name and the
     SHA-256 of the file, products by the key of the job that made them: product bytes carry
-    creation dates, so hashing them would make every re-run look new."""
+    creation dates, so hashing them would make every re-run look new.
+    """
     parts = (f.tag.value, f.job_key, f.path.rpartition("/")[2], f.datasum)
     plain = PLAIN.fullmatch("".join(parts))  # else ``json.dumps`` escapes
     return Ident(f, parts, '["' + '", "'.join(parts) + '"]' if plain else json.dumps(parts))
