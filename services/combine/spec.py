@@ -51,9 +51,11 @@ SPEC = StageSpec(
     params=ExpCombineParams,
     per_ifu=False,
     # every exposure's pixel table at once: the model counts IFU-exposures (the planner
-    # passes IFUs x exposures); measured 2.07 + 0.523 GB per IFU-exposure on 2 and 3
-    # exposures of 3 IFUs (benchmarks/results/science_memory.md): ~40 GB for 3 x 24 IFUs
-    memory=MemoryModel(base_gb=2.2, per_frame_gb=0.0, per_ifu_gb=0.55),
+    # passes IFUs x exposures, times a piece's share of the range).  Measured: 2.07 + 0.523
+    # GB per IFU-exposure on 2 and 3 exposures of 3 IFUs (benchmarks/results/
+    # science_memory.md), but 0.65 per IFU-exposure on the 24-IFU night's three pieces
+    # (17.15-19.64 GB, docs/measurements.md): the cube grows with the field as well
+    memory=MemoryModel(base_gb=2.2, per_frame_gb=0.0, per_ifu_gb=0.66),
     timeout_s=3600.0,
     multicore=True,
     qc={Tag.DATACUBE_FINAL: (r"QC EXPCOMB \w+",)},

@@ -10,7 +10,7 @@ from astropy.wcs import WCS
 
 from musedrp import pieces
 from musedrp.errors import DataError
-from musedrp.services.combine.spec import ExpCombineParams
+from musedrp.services.combine.spec import SPEC, ExpCombineParams
 from musedrp.services.stitch import compute as stitch
 
 GRID = pieces.Grid(crval=(265.17, -53.67), crpix=(151.0, 20.0), cd=(-0.2 / 3600, 0.2 / 3600),
@@ -42,6 +42,23 @@ def test_pieces_own_every_plane_once_and_the_central_one_is_centred(n):
             assert first + (last - first + 1) // 2 == middle
             assert last - first + 1 < GRID.planes or n == 1
     assert owned == list(range(1, GRID.planes + 1))
+
+
+# The 24-IFU night's combination of 3 exposures (72 IFU-exposures) in three pieces, measured
+# (docs/measurements.md, 2026-12-05): each piece's cut and peak RSS in GB.  GRID's wavelengths
+# are that night's.
+MEASURED_PIECES = {(4000, 6200): 17.15, (6200, 7800): 19.64, (7800, 10000): 17.84}
+
+
+def test_the_combinations_memory_model_covers_the_measured_full_size_pieces():
+    """Applied to the planes a piece resamples, the model is within 3 % of each measured
+    peak; applied to the planner's upper bound of a piece's share, it is above every one."""
+    model = SPEC.memory
+    for cut, peak in MEASURED_PIECES.items():
+        *_, first, last = pieces.planes(GRID, cut)
+        share = (last - first + 1) / GRID.planes
+        assert model.estimate_gb(0, 72 * share) == pytest.approx(peak, rel=0.03)
+        assert model.estimate_gb(0, 72 * pieces.fraction(3)) >= peak
 
 
 def test_a_piece_without_planes_is_an_error_and_a_malformed_one_is_refused():
