@@ -7,7 +7,9 @@
 sharing the machine's cores and memory through admission.py) on a RabbitMQ vhost, a
 ``weed mini`` S3 server and a PostgreSQL database of their own, timed from the first upload
 to the last job finished.  Both get the same memory budget.  Repetitions alternate which
-path runs first.  Writes ``results/makespan.{md,json,png}``.
+path runs first.  Each job's recipe interval (its manifest's end time less its wall time)
+gives both paths' timelines: where cores stood idle, and which stage ran when.
+Writes ``results/makespan.{md,json,png}``.
 """
 
 import argparse
@@ -19,28 +21,51 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from musedrp.executor import available_memory_gb
+from musedrp.messages import WorkOrder
 from musedrp.serve import SERVICES, instances, submit
+from musedrp.storage import S3Store
 
 from common import fresh_services, write_results
 
 DONE = ("succeeded", "cached", "failed", "skipped")
 
 
+def interval(manifest: dict, start: datetime) -> dict:
+    """A job's stage and recipe interval in seconds after ``start`` (the manifest's end time
+    has whole seconds), with the cores it ended on."""
+    run = manifest["run"]
+    end = (datetime.fromisoformat(manifest["written"]) - start).total_seconds()
+    return {"stage": manifest["stage"], "start_s": round(end - run["wall_s"], 1),
+            "end_s": round(end, 1), "cpus": len(run["cpus"])}
+
+
+def busy(timeline: list[dict]) -> float:
+    """Core-seconds the recipes held."""
+    return sum((j["end_s"] - j["start_s"]) * j["cpus"] for j in timeline)
+
+
+def first_start(timeline: list[dict]) -> float:
+    return min((j["start_s"] for j in timeline), default=float("nan"))
+
+
 def embedded(raw: Path, work: Path, memory_gb: float) -> dict:
-    t0 = time.monotonic()
+    start, t0 = datetime.now(UTC), time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "musedrp.cli", "reduce", str(raw),  # noqa: S603
                            "-o", str(work), "--memory", str(memory_gb)],
                           capture_output=True, text=True, check=False)
     wall = time.monotonic() - t0
-    runs = [json.loads(m.read_text())["run"] for m in work.glob("products/*/*/*/*/manifest.json")]
+    manifests = [json.loads(m.read_text()) for m in work.glob("products/*/*/*/*/manifest.json")]
+    runs = [m["run"] for m in manifests]
     return {"wall_s": wall, "exit": proc.returncode, "jobs": len(runs),
             "recipe_s": sum(r["wall_s"] for r in runs),
-            "cpu_s": sum(r["cpu_user_s"] + r["cpu_sys_s"] for r in runs)}
+            "cpu_s": sum(r["cpu_user_s"] + r["cpu_sys_s"] for r in runs),
+            "timeline": [interval(m, start) for m in manifests]}
 
 
 def services(raw: Path, work: Path, memory_gb: float, jobs: int) -> dict:
@@ -50,7 +75,7 @@ def services(raw: Path, work: Path, memory_gb: float, jobs: int) -> dict:
         for name, service in instances(SERVICES, ncpus):
             fleet.start(name, service=service)
         time.sleep(5)  # start-up checks are not what we measure
-        t0 = time.monotonic()
+        start, t0 = datetime.now(UTC), time.monotonic()
         submit(raw, s, report=lambda _: None)
         uploaded = time.monotonic() - t0
         while True:
@@ -62,8 +87,12 @@ def services(raw: Path, work: Path, memory_gb: float, jobs: int) -> dict:
             time.sleep(1)
         wall = time.monotonic() - t0
         failed = [f"{j.stage} {j.ifu}: {j.reason}" for j in found if j.state not in DONE[:2]]
+        store = S3Store.from_settings(s)
+        manifests = [store.get_json(f"{WorkOrder.model_validate(j.order).product_dir}/"
+                                    "manifest.json") for j in found if j.state == "succeeded"]
         return {"wall_s": wall, "upload_s": uploaded, "jobs": len(found), "failed": failed,
-                "recipe_s": sum(j.wall_s or 0 for j in found)}
+                "recipe_s": sum(j.wall_s or 0 for j in found),
+                "timeline": [interval(m, start) for m in manifests if m]}
 
 
 def planned_jobs(raw: Path) -> int:
@@ -95,20 +124,41 @@ def main() -> int:
     ratios = [s["wall_s"] / e["wall_s"] for e, s in zip(
         [r for r in records if r["path"] == "embedded"],
         [r for r in records if r["path"] == "services"], strict=True)]
-    rows = [(r["rep"], r["path"], r["jobs"], r["wall_s"], r["recipe_s"], r.get("upload_s", ""))
-            for r in records]
-    fig, ax = plt.subplots(figsize=(5, 3))
-    for i, path in enumerate(("embedded", "services")):
-        ax.plot([i] * args.reps, [r["wall_s"] / 60 for r in records if r["path"] == path], "o")
-    ax.set_xticks([0, 1], ["musedrp reduce", "services (serve)"])
-    ax.set_ylabel("makespan [min]")
-    ax.set_title(f"{args.raw.name}: {jobs} jobs")
+    ncpus = len(os.sched_getaffinity(0))
+    rows = [(r["rep"], r["path"], r["jobs"], r["wall_s"], r["recipe_s"], r.get("upload_s", ""),
+             f"{busy(r['timeline']) / (ncpus * r['wall_s']):.0%}",
+             first_start(r["timeline"])) for r in records]
+    last = {r["path"]: r for r in records}  # the last repetition's timelines
+    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    stages = sorted({j["stage"] for r in records for j in r["timeline"]},
+                    key=lambda st: min(j["start_s"] for r in records for j in r["timeline"]
+                                       if j["stage"] == st))
+    colours = {st: plt.cm.tab20(i % 20) for i, st in enumerate(stages)}
+    for ax, path in zip(axes, ("embedded", "services"), strict=True):
+        timeline = sorted(last[path]["timeline"], key=lambda j: j["start_s"])
+        for y, j in enumerate(timeline):
+            ax.barh(y, j["end_s"] - j["start_s"], left=j["start_s"], height=0.8,
+                    color=colours[j["stage"]], label=j["stage"])
+        ax.axvline(last[path]["wall_s"], color="k", lw=1, ls="--")
+        ax.set_ylabel("job")
+        ax.set_title(f"{path}: {last[path]['wall_s'] / 60:.1f} min, cores busy "
+                     f"{busy(timeline) / (ncpus * last[path]['wall_s']):.0%}")
+    handles = {h.get_label(): h for h in axes[1].containers}
+    axes[0].legend([handles[st] for st in stages if st in handles],
+                   [st for st in stages if st in handles], fontsize=7, ncol=4)
+    axes[1].set_xlim(left=0)
+    axes[1].set_xlabel("seconds since the start (services: the first upload)")
     notes = [f"{jobs} jobs planned for `{args.raw}`; memory budget {memory_gb:.1f} GB for both "
              "paths. Services: wall from the first upload (included) to every job finished.",
              f"**services / embedded makespan: median {statistics.median(ratios):.3f}** "
-             f"({', '.join(f'{x:.3f}' for x in ratios)})."]
+             f"({', '.join(f'{x:.3f}' for x in ratios)}).",
+             "Timelines from the manifests: a job's interval ends when its manifest was written "
+             "(whole seconds, after its QC plots) and lasts its recipe's wall time. 'cores "
+             "busy': the recipes' core-seconds over cores x wall; 'first recipe': when the "
+             "first recipe started."]
     print(write_results("makespan", "Makespan: embedded against the services on one machine",
-                        notes, ["rep", "path", "jobs", "wall [s]", "recipes [s]", "upload [s]"],
+                        notes, ["rep", "path", "jobs", "wall [s]", "recipes [s]", "upload [s]",
+                                "cores busy", "first recipe [s]"],
                         rows, {"records": records, "ratios": ratios, "memory_gb": memory_gb},
                         fig))
     return 0

@@ -75,7 +75,7 @@ class StageWorker(Handler):
         """The CPUs to run on: this worker's own, or a share of the machine's (serve)."""
         if self.pool is None:
             return contextlib.nullcontext(self.cpus)
-        return self.pool.claim(order.memory_gb, self.spec.multicore)
+        return self.pool.claim(order.memory_gb, self.spec.multicore, order.rank)
 
     def interrupt(self) -> None:
         if self.pool is not None:

@@ -208,6 +208,7 @@ class Planner(Handler):
                 elif all(state.get(n) in OK_STATES for n in order.needs):
                     issued.append(order)
             jobs = self.registry.dependents(blocked, "planned")
+        issued.sort(key=lambda o: o.rank, reverse=True)  # a queue's head: the most below it
         publish([Envelope(type=work_key(o.stage), source="planner",
                           correlation_id=night_correlation(o.night), payload=o)
                  for o in issued])

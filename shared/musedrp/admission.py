@@ -1,11 +1,13 @@
 """One machine's cores and memory, shared by the stage workers of a ``musedrp serve``.
 
 The embedded executor's rule, applied across processes: a recipe starts when a core is free
-and its memory estimate fits the budget beside the running ones; a merging recipe
-(``StageSpec.multicore``) takes every free core when it starts and every core freed while it
-runs, before any new recipe gets one.  The workers share a small JSON file of claims, each
-read and rewritten under an exclusive ``flock``; the claim of a process that died (killed
-mid-recipe) is dropped by the next reader, so its cores and memory are not lost.
+and its memory estimate fits the budget beside the running ones, the waiting recipe with the
+most jobs below it first (``WorkOrder.rank``; one that does not fit lets a lower one that
+does go ahead); a merging recipe (``StageSpec.multicore``) takes every free core when it
+starts and every core freed while it runs, before any new recipe gets one.  The workers
+share a small JSON file of claims, running and waiting, each read and rewritten under an
+exclusive ``flock``; the claim of a process that died (killed mid-recipe) is dropped by the
+next reader, so its cores and memory are not lost.
 
 Under Kubernetes nothing of this runs: each worker pod's CPUs and memory limit are its own
 (requests = limits), granted by the scheduler, so a worker without a shared pool runs every
@@ -17,6 +19,7 @@ import fcntl
 import json
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -56,9 +59,11 @@ class SharedPool:
         self._stop.set()
 
     @contextlib.contextmanager
-    def claim(self, memory_gb: float, multicore: bool = False) -> Iterator[Sequence[int]]:
-        """Wait for a core (a merging job: every free core) and ``memory_gb``; yield the
-        CPUs, which for a merging job grow while it holds them.
+    def claim(self, memory_gb: float, multicore: bool = False,
+              rank: int = 0) -> Iterator[Sequence[int]]:
+        """Wait for a core (a merging job: every free core) and ``memory_gb``, behind the
+        waiting claims of higher ``rank`` that fit; yield the CPUs, which for a merging job
+        grow while it holds them.
 
         Raises
         ------
@@ -71,10 +76,15 @@ class SharedPool:
             raise DataError(f"needs {memory_gb:.1f} GB, more than this machine's memory budget "
                             f"of {self.memory_gb:.1f} GB: not started")
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        while (cpus := self._update(lambda claims: self._take(claims, name, memory_gb,
-                                                              multicore))) is None:
-            if self._stop.wait(self.poll_s):
-                raise Interrupted("stopped while waiting for a core")
+        claim = {"pid": os.getpid(), "cpus": [], "memory_gb": memory_gb,
+                 "multicore": multicore, "rank": rank, "waiting": time.time()}
+        try:
+            while (cpus := self._update(lambda claims: self._take(claims, name, claim))) is None:
+                if self._stop.wait(self.poll_s):
+                    raise Interrupted("stopped while waiting for a core")
+        except BaseException:
+            self._update(lambda claims: claims.pop(name, None))
+            raise
         granted = CpuGrant(cpus, len(self.cpus)) if multicore else cpus
         done = threading.Event()
         widen = threading.Thread(target=self._widen, args=(name, granted, done), daemon=True)
@@ -86,21 +96,26 @@ class SharedPool:
             done.set()
             self._update(lambda claims: self._release(claims, name))
 
-    def _take(self, claims: dict, name: str, memory_gb: float,
-              multicore: bool) -> list[int] | None:
+    def _take(self, claims: dict, name: str, claim: dict) -> list[int] | None:
+        """The CPUs for claim ``name`` if it is the first waiting claim that fits, by rank
+        and then arrival; else None, and it waits in ``claims``."""
+        claims.setdefault(name, claim)
         free = self._free(claims)
-        in_use = sum(c["memory_gb"] for c in claims.values())
-        if not free or in_use + memory_gb > self.memory_gb:
+        room = self.memory_gb - sum(c["memory_gb"] for c in claims.values()
+                                    if "waiting" not in c)
+        fitting = [k for k, c in claims.items() if "waiting" in c and c["memory_gb"] <= room]
+        if not free or not fitting or min(fitting, key=lambda k: (
+                -claims[k].get("rank", 0), claims[k]["waiting"])) != name:
             return None
-        cpus = free if multicore else free[:1]
-        claims[name] = {"pid": os.getpid(), "cpus": cpus, "memory_gb": memory_gb,
-                        "multicore": multicore}
-        return cpus
+        mine = claims[name]
+        del mine["waiting"]
+        mine["cpus"] = free if mine["multicore"] else free[:1]
+        return mine["cpus"]
 
     def _release(self, claims: dict, name: str) -> None:
         """Drop the claim; its cores go to a running merging claim first."""
         freed = claims.pop(name, {}).get("cpus", [])
-        if merging := [c for c in claims.values() if c["multicore"]]:
+        if merging := [c for c in claims.values() if c["multicore"] and "waiting" not in c]:
             merging[0]["cpus"] = sorted({*merging[0]["cpus"], *freed})
 
     def _widen(self, name: str, granted: CpuGrant, done: threading.Event) -> None:

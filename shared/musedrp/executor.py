@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from musedrp import esorex, provenance, runner
-from musedrp.messages import WorkOrder
+from musedrp.messages import WorkOrder, ranks
 from musedrp.registry import Registry
 from musedrp.runner import ComputeFn, JobResult
 from musedrp.stages import StageSpec
@@ -32,19 +32,6 @@ def available_memory_gb() -> float:
 
 def describe(o: WorkOrder) -> str:
     return f"{o.stage:<5} IFU {o.ifu:02d}" if o.ifu else o.stage
-
-
-def _dependents(orders: Sequence[WorkOrder]) -> dict[str, int]:
-    """How many jobs wait, directly or not, on each job: those with more start first."""
-    children: dict[str, list[str]] = {o.job_key: [] for o in orders}
-    for o in orders:
-        for n in o.needs:
-            children.setdefault(n, []).append(o.job_key)
-
-    def below(key: str) -> set[str]:
-        return set(children[key]).union(*(below(c) for c in children[key]))
-
-    return {o.job_key: len(below(o.job_key)) for o in orders}
 
 
 class LocalExecutor:
@@ -125,7 +112,7 @@ class LocalExecutor:
     def run(self, orders: Sequence[WorkOrder]) -> dict[str, JobResult]:
         """Run everything that can run; return the result of every order, keyed by job key."""
         results: dict[str, JobResult] = {}
-        waiting = _dependents(orders)
+        waiting = ranks(orders)  # jobs with more below them start first
         pending = sorted(orders, key=lambda o: waiting[o.job_key], reverse=True)
         free = sorted(self.cpus)
         mem_in_use = 0.0

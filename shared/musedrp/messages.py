@@ -9,6 +9,7 @@ setup, job key and file names become directories and object keys (``products/<ni
 """
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -98,6 +99,9 @@ class WorkOrder(Payload):
     needs: tuple[JobKey, ...] = ()  # job keys whose products are among the inputs
     reasons: tuple[str, ...] = ()  # association decisions, for provenance
     products: tuple[ProductName, ...] = ()  # file names the job must produce
+    # how many jobs of its plan wait on it, directly or not (``ranks``): of the jobs waiting
+    # for a core, those with more start first; not part of its identity (``job_key``)
+    rank: NonNegativeInt = 0
 
     def __str__(self) -> str:
         ifu = f" IFU {self.ifu:02d}" if self.ifu else ""
@@ -111,6 +115,22 @@ class WorkOrder(Payload):
     def product_dir(self) -> str:
         """Relative product location: ``products/<night>/<stage>/<setup>/<job_key>``."""
         return self.product_key()
+
+
+def ranks(orders: Sequence[WorkOrder]) -> dict[str, int]:
+    """How many of ``orders`` wait on each, directly or not, by job key."""
+    children: dict[str, list[str]] = {o.job_key: [] for o in orders}
+    for o in orders:
+        for n in o.needs:
+            children.setdefault(n, []).append(o.job_key)
+    below: dict[str, frozenset[str]] = {}
+
+    def under(key: str) -> frozenset[str]:
+        if key not in below:
+            below[key] = frozenset().union(*(under(c) | {c} for c in children[key]))
+        return below[key]
+
+    return {o.job_key: len(under(o.job_key)) for o in orders}
 
 
 class FrameArrived(Payload):

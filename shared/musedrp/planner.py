@@ -29,7 +29,7 @@ from typing import NamedTuple
 from musedrp import pieces
 from musedrp.errors import NoWork
 from musedrp.frames import Frame, Setup
-from musedrp.messages import InputFile, WorkOrder
+from musedrp.messages import InputFile, WorkOrder, ranks
 from musedrp.stages import RecipeParams, StageSpec, product_tag
 from musedrp.statics import choose_static
 from musedrp.tags import Tag
@@ -634,6 +634,8 @@ def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
         plan_science(n, cal, twilight)
     plan_calibration_nights(plan, calib_only, out_root, version, ifus, overrides or {},
                             memory_gb)
+    below = ranks(plan.orders)
+    plan.orders = [o.model_copy(update={"rank": below[o.job_key]}) for o in plan.orders]
     return plan
 
 

@@ -40,10 +40,10 @@ def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(reduc
     assert twilight["memory_gb"] <= budget  # admitted with the estimate it was capped with
     scipost = [o for o in plan["orders"] if o["stage"] == "scipost"]
     assert len(scipost) == sum(1 for f in truth.frames if f["kind"] == "object")
-    # three exposures of three IFUs (7.15 GB) fit 3.25 GB in 7 wavelength pieces, stitched
+    # three exposures of three IFUs (8.14 GB) fit 3.25 GB in 9 wavelength pieces, stitched
     stages = [o["stage"] for o in plan["orders"]]
-    assert stages.count("combine") == 7 and stages.count("stitch") == 1
-    assert any("in 7 wavelength pieces" in d for d in plan["decisions"])
+    assert stages.count("combine") == 9 and stages.count("stitch") == 1
+    assert any("in 9 wavelength pieces" in d for d in plan["decisions"])
     for o in scipost:
         cube = next(out.glob(f"products/*/scipost/*/{o['job_key']}/DATACUBE_FINAL.fits"))
         assert cube.stat().st_size > 0

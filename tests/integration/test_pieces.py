@@ -1,11 +1,10 @@
 """A combined cube made in wavelength pieces equals the one made at once.
 
 The session's night is reduced again, into a copy of its output, with a memory budget (7 GB)
-below the combination's estimate (7.15 GB for 3 exposures x 3 IFUs): every other job comes
-from the cache, the
-combination is planned as three pieces on the grid derived from the exposures, and the
-stitch joins them.  muse_exp_combine subtracts no sky, so the two cubes must agree to
-float32 rounding, plane by plane, and carry the same QC."""
+below the combination's estimate (8.14 GB for 3 exposures x 3 IFUs): every other job comes
+from the cache, the combination is planned as three pieces on the grid derived from the
+exposures, and the stitch joins them.  muse_exp_combine subtracts no sky, so the two cubes
+must agree to float32 rounding, plane by plane, and carry the same QC."""
 
 import json
 import re

@@ -1,5 +1,6 @@
 """The machine-wide admission of serve's workers: the embedded executor's rule across
-processes (free core, memory budget, merging jobs widened first, dead claims dropped)."""
+processes (free core, memory budget, the waiting job with the most below it first, merging
+jobs widened first, dead claims dropped)."""
 
 import json
 import subprocess
@@ -18,13 +19,13 @@ def pool(tmp_path):
     return SharedPool(tmp_path / "admission.json", [0, 1], memory_gb=10.0, poll_s=0.02)
 
 
-def claim_later(pool, memory_gb, multicore=False):
+def claim_later(pool, memory_gb, multicore=False, rank=0):
     """Claim in a thread; returns (the thread, a dict filled with the CPUs once granted,
     an event that releases the claim)."""
     got, release = {}, threading.Event()
 
     def run():
-        with pool.claim(memory_gb, multicore) as cpus:
+        with pool.claim(memory_gb, multicore, rank) as cpus:
             got["cpus"] = list(cpus)
             release.wait(5)
     t = threading.Thread(target=run, daemon=True)
@@ -61,6 +62,42 @@ def test_memory_budget_across_claims(pool):
     with pytest.raises(DataError, match="more than this machine's memory budget"):
         with pool.claim(11.0):
             pass
+
+
+def waiting(pool):
+    return sorted(c["rank"] for c in pool.held().values() if "waiting" in c)
+
+
+def test_a_freed_core_goes_to_the_waiting_job_with_the_most_below_it(pool):
+    with pool.claim(1.0):
+        with pool.claim(1.0):
+            low, got_low, release_low = claim_later(pool, 1.0, rank=1)
+            wait_for(lambda: waiting(pool) == [1])
+            high, got_high, release_high = claim_later(pool, 1.0, rank=5)
+            wait_for(lambda: waiting(pool) == [1, 5])
+        wait_for(lambda: got_high)
+        time.sleep(0.2)
+        assert not got_low and waiting(pool) == [1]
+        release_high.set()
+        high.join()
+        wait_for(lambda: got_low)
+        release_low.set()
+        low.join()
+    assert pool.held() == {}
+
+
+def test_a_waiting_job_that_does_not_fit_lets_a_smaller_one_go_first(pool):
+    with pool.claim(7.0):  # one core and 3 GB free
+        big, got_big, release_big = claim_later(pool, 4.0, rank=5)
+        wait_for(lambda: waiting(pool) == [5])
+        small, got_small, release_small = claim_later(pool, 2.0, rank=1)
+        wait_for(lambda: got_small)
+        assert not got_big
+        release_small.set()
+        small.join()
+    wait_for(lambda: got_big)
+    release_big.set()
+    big.join()
 
 
 def test_merging_claim_takes_every_free_core_and_those_freed_first(pool):
@@ -124,6 +161,7 @@ def test_interrupt_ends_the_wait(pool):
         pool.interrupt()
         t.join(5)
     assert "stopped while waiting" in str(failed["err"])
+    assert pool.held() == {}  # the wait left no claim behind
 
 
 def test_serve_starts_a_worker_per_core_for_per_ifu_stages():

@@ -154,3 +154,24 @@ def test_a_combination_no_piece_count_fits_is_decided_not_refused(night):
                           "muse_exp_combine of 6 IFU-exposures needs 2.7 GB, more than the "
                           "memory budget of 2.5 GB; the exposure cubes are the product")
                for d in p.decisions)
+
+
+def test_each_order_is_ranked_by_the_jobs_below_it(night):
+    """The rank the shared pool of ``serve`` starts jobs by: every job that needs an order's
+    products, directly or not (counted here by walking down the plan)."""
+    p = night([night.exposure((0, 0), 0), night.exposure((1.0, 1.0), 12)])
+    children = {o.job_key: [c.job_key for c in p.orders if o.job_key in c.needs]
+                for o in p.orders}
+
+    def below(key):
+        found, todo = set(), list(children[key])
+        while todo:
+            if (k := todo.pop()) not in found:
+                found.add(k)
+                todo += children[k]
+        return found
+
+    assert {o.job_key: o.rank for o in p.orders} == {k: len(below(k)) for k in children}
+    (combine,) = orders(p, "combine")
+    assert combine.rank == 0 < min(o.rank for o in orders(p, "bias"))
+    assert max(o.rank for o in p.orders) == max(o.rank for o in orders(p, "bias"))
