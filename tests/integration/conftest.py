@@ -36,6 +36,21 @@ def needs_esorex() -> None:
                     "MUSE pipeline)")
 
 
+# what the integration tests hold on disk at most, above what was used before (measured with
+# `df` every 10 s through `make test`, 2026-12-05: 45 GB, the session's night and its
+# reductions in the temporary directory and the images in podman's store)
+DISK_GB = 45
+
+
+@pytest.fixture(scope="session", autouse=True)
+def needs_disk(workspace: Path) -> None:
+    """Fail at once, saying why, rather than with a full disk in the middle of the session."""
+    free = shutil.disk_usage(workspace).free / 1e9
+    if free < DISK_GB:
+        pytest.fail(f"{free:.0f} GB free below {workspace}; the integration tests write up to "
+                    f"~{DISK_GB} GB: free some, or point TMPDIR at a larger disk")
+
+
 @pytest.fixture(scope="session")
 def workspace() -> Iterator[Path]:
     """A temporary directory, removed afterwards; for development, ``MUSEDRP_IT_WORKSPACE``
@@ -97,6 +112,21 @@ def reduce_into_copy(reduced, workspace: Path, name: str, raw: Path, *args: str)
                            str(target), *args], capture_output=True, text=True, timeout=3600,
                           check=False)
     return proc.returncode, target, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def reduce_copy(reduced, workspace: Path):
+    """``reduce_into_copy`` for one test, its copies removed afterwards: a night re-reduced
+    from the twilight on holds 11 GB of its own."""
+    made = []
+
+    def run(name: str, raw: Path, *args: str):
+        made.append(workspace / name)
+        return reduce_into_copy(reduced, workspace, name, raw, *args)
+
+    yield run
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def products(out: Path, stage: str, name: str = "*.fits") -> list[Path]:

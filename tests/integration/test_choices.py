@@ -2,7 +2,8 @@
 (only 5 of the 7 skyflats fit) reduced to the cubes, and a night of calibrations only.
 
 Both reduce into a copy of the session's output (hard links), so the jobs they share with it
-are answered from its manifests and only what the choice changes is run again.
+are answered from its manifests and only what the choice changes is run again; the copies
+are removed after each test.
 """
 
 import json
@@ -13,14 +14,13 @@ import pytest
 from musedrp.services.scipost.spec import SPEC as SCIPOST
 from musedrp.services.twilight.spec import SPEC as TWILIGHT
 
-from .conftest import IFUS, reduce_into_copy
+from .conftest import IFUS
 
 pytestmark = pytest.mark.integration
 
 
 
-def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(reduced, night,
-                                                                          workspace):
+def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(night, reduce_copy):
     raw, truth = night
     # the budget of the log: room for 5 skyflats and the ILLUM in muse_twilight, not 6; the
     # largest other job (scipost over 3 IFUs, 3.2 GB) still fits
@@ -28,8 +28,7 @@ def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(reduc
     assert TWILIGHT.memory.estimate_gb(6, len(IFUS)) <= budget \
         < TWILIGHT.memory.estimate_gb(7, len(IFUS))
     assert SCIPOST.memory.estimate_gb(0, len(IFUS)) <= budget
-    code, out, log = reduce_into_copy(reduced, workspace, "reduced-5-of-7", raw, "--memory",
-                                      str(budget))
+    code, out, log = reduce_copy("reduced-5-of-7", raw, "--memory", str(budget))
     assert code == 0, log
     assert f"only 5 of 7 skyflats fit the memory budget of {budget:.1f} GB" in log
     assert "memory budget 3.2 GB (--memory)" in (out / "plan.txt").read_text()
@@ -50,7 +49,7 @@ def test_only_five_of_seven_skyflats_fit_and_the_night_still_ends_in_cubes(reduc
     assert " cached " in log  # bias, flat, wavecal, lsf: the session's own jobs
 
 
-def test_a_night_of_calibrations_alone_gives_its_masters(reduced, night, workspace):
+def test_a_night_of_calibrations_alone_gives_its_masters(night, workspace, reduce_copy):
     raw, truth = night
     calib = workspace / "calibrations-only"
     shutil.rmtree(calib, ignore_errors=True)
@@ -62,8 +61,8 @@ def test_a_night_of_calibrations_alone_gives_its_masters(reduced, night, workspa
               or f["kind"] == "arc"]
     for name in wanted:
         (calib / name).symlink_to(raw / name)
-    code, out, log = reduce_into_copy(reduced, workspace, "reduced-calibrations", calib,
-                                      "--ifus", "1", "--static-dir", str(raw / "static"))
+    code, out, log = reduce_copy("reduced-calibrations", calib, "--ifus", "1", "--static-dir",
+                                 str(raw / "static"))
     assert code == 0, log
     plan = json.loads((out / "plan.json").read_text())
     assert sorted(o["stage"] for o in plan["orders"]) == ["bias", "flat", "lsf", "wavecal"]
