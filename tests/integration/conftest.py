@@ -37,9 +37,9 @@ def needs_esorex() -> None:
 
 
 # what the integration tests hold on disk at most, above what was used before (measured with
-# `df` every 10 s through `make test`, 2026-12-05: 45 GB, the session's night and its
+# `df` every 10 s through `make test`, 2026-12-05: 31.8 GB, the session's night and its
 # reductions in the temporary directory and the images in podman's store)
-DISK_GB = 45
+DISK_GB = 35
 
 
 @pytest.fixture(scope="session", autouse=True)
