@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/makespan.py RAW [--reps 1]
 
 (a) ``musedrp reduce RAW`` on every core; (b) the services as ``musedrp serve`` starts them
-(ingest, planner and the stage workers ``serve.instances`` gives, all sharing the
-machine's cores and memory through admission.py) on a RabbitMQ vhost, a
+(ingest, planner, a worker per core for each per-IFU stage, one per merging stage, all
+sharing the machine's cores and memory through admission.py) on a RabbitMQ vhost, a
 ``weed mini`` S3 server and a PostgreSQL database of their own, timed from the first upload
 to the last job finished.  Both get the same memory budget.  Repetitions alternate which
 path runs first.  Each job's recipe interval (its manifest's end time less its wall time)

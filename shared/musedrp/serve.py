@@ -4,8 +4,8 @@
 if it is local and down, ``weed mini`` if no S3 endpoint is configured, the PostgreSQL
 database if it does not exist.  Each service runs as its own process (``musedrp service
 NAME``); each logs JSON lines to ``STATE_DIR/logs/NAME.log`` and serves metrics on its own
-port.  Per-IFU stages get two workers per core (``instances``), other stages fewer: they
-share this machine's cores and memory budget as the embedded executor does (admission.py), so the IFUs
+port.  Per-IFU stages get one worker per core, merging stages one: they share this
+machine's cores and memory budget as the embedded executor does (admission.py), so the IFUs
 of a stage run side by side and a merging recipe gets the cores others free.  What the
 other commands (``submit``, ``status``) need to find the servers is written to
 ``STATE_DIR/services.env``, and each secret (S3 key, broker password) to a file of its own
@@ -177,18 +177,13 @@ def _create_bucket(store: S3Store, timeout_s: float = 30.0) -> None:
 
 
 def instances(services: Iterable[str], ncpus: int) -> list[tuple[str, str]]:
-    """(process name, service) pairs: two workers per core for a per-IFU stage, so that its
-    IFUs run side by side and, while one worker's recipe runs, the other fetches its next
-    job's inputs or stores its products (with one per core, cores stood idle through every
-    transfer: benchmarks/results/makespan.md); a worker per core for another stage on one
-    core; one for ingest, the planner and a multicore stage (which widens instead).  The
-    shared pool (``admission``) keeps the recipes to the cores and memory.
+    """(process name, service) pairs: a worker per core for a per-IFU stage, so that its IFUs
+    run side by side; one for ingest, the planner and a merging stage (which widens instead).
     """
     out = []
     for service in services:
         stage = BY_NAME.get(service)
-        n = (1 if stage is None or stage.spec.multicore
-             else 2 * ncpus if stage.spec.per_ifu else ncpus)
+        n = ncpus if stage is not None and not stage.spec.multicore else 1
         out += [(service if i == 0 else f"{service}.{i + 1}", service) for i in range(n)]
     return out
 
