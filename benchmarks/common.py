@@ -185,6 +185,26 @@ def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings
         engine.dispose()
 
 
+# What a stage worker logs of each job (services/worker.py)
+FETCHED = re.compile(r"(\d+) bytes fetched for (\d+) inputs, \d+ raw frame\(s\) by ranged GETs "
+                     r"of the IFU's extension, (\d+) from this machine's cache")
+TIMED = re.compile(r": succeeded in ([\d.]+) s: inputs ([\d.]+) s, waiting for cores ([\d.]+) s, "
+                   r"recipe ([\d.]+) s \(esorex [\d.]+ s\), products ([\d.]+) s")
+
+
+def worker_logs(logs: Path) -> dict:
+    """From the stage workers' logs under ``logs``: the bytes they downloaded, their inputs
+    and those linked from the machine's cache, and the seconds their succeeded jobs took
+    (order taken to products stored) and spent on inputs, waiting for cores and products."""
+    text = "".join(log.read_text(errors="replace") for log in sorted(logs.glob("*.log")))
+    fetched = [tuple(map(int, m.groups())) for m in FETCHED.finditer(text)]
+    timed_ = [tuple(map(float, m.groups())) for m in TIMED.finditer(text)]
+    return {"downloaded_bytes": sum(f[0] for f in fetched),
+            "inputs": sum(f[1] for f in fetched), "from_cache": sum(f[2] for f in fetched),
+            **{f"{what}_s": round(sum(t[i] for t in timed_), 1) for i, what in enumerate(
+                ("jobs", "inputs", "waiting", "recipe", "products"))}}
+
+
 # Re-running a merging job of a reduction on part of its inputs (memory benchmarks)
 PER_IFU = (Tag.PIXTABLE_OBJECT, Tag.PIXTABLE_SKY, Tag.LSF_PROFILE)
 IFU_SUFFIX = re.compile(r"-(\d\d)\.fits$")

@@ -1,14 +1,17 @@
 """One night embedded and through the services on the same machine, side by side.
 
-    .venv/bin/python benchmarks/makespan.py RAW [--reps 1]
+    .venv/bin/python benchmarks/makespan.py RAW [--reps 1] [--paths embedded,services,...]
 
 (a) ``musedrp reduce RAW`` on every core; (b) the services as ``musedrp serve`` starts them
 (ingest, planner, a worker per core for each per-IFU stage, one per merging stage, all
-sharing the machine's cores and memory through admission.py) on a RabbitMQ vhost, a
-``weed mini`` S3 server and a PostgreSQL database of their own, timed from the first upload
-to the last job finished.  Both get the same memory budget.  Repetitions alternate which
-path runs first.  Each job's recipe interval (its manifest's end time less its wall time)
-gives both paths' timelines: where cores stood idle, and which stage ran when.
+sharing the machine's cores and memory through admission.py and the objects they move
+through one cache on the machine's scratch disk) on a RabbitMQ vhost, a ``weed mini`` S3
+server and a PostgreSQL database of their own, timed from the first upload to the last job
+finished; (c) the same without the cache (``MUSEDRP_CACHE_GB=0``).  All get the same memory
+budget.  Repetitions rotate which path runs first.  The workers' logs give the bytes they
+downloaded and the inputs they linked from the cache instead.  Each job's recipe interval
+(its manifest's end time less its wall time) gives every path's timeline: where cores stood
+idle, and which stage ran when.
 Writes ``results/makespan.{md,json,png}``.
 """
 
@@ -31,9 +34,10 @@ from musedrp.messages import WorkOrder
 from musedrp.serve import SERVICES, instances, submit
 from musedrp.storage import S3Store
 
-from common import fresh_services, write_results
+from common import fresh_services, worker_logs, write_results
 
-DONE = ("succeeded", "cached", "failed", "skipped")
+DONE = ("succeeded", "cached", "failed", "skipped", "superseded")
+PATHS = {"embedded": None, "services": "8", "services-nocache": "0"}  # path: cache GB
 
 
 def interval(manifest: dict, start: datetime) -> dict:
@@ -68,8 +72,8 @@ def embedded(raw: Path, work: Path, memory_gb: float) -> dict:
             "timeline": [interval(m, start) for m in manifests]}
 
 
-def services(raw: Path, work: Path, memory_gb: float, jobs: int) -> dict:
-    with fresh_services(work, memory_gb=str(memory_gb), plan_quiet_s="5",
+def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str) -> dict:
+    with fresh_services(work, memory_gb=str(memory_gb), plan_quiet_s="5", cache_gb=cache_gb,
                         admission=str(work / "admission.json")) as (_, s, fleet, registry):
         ncpus = len(os.sched_getaffinity(0))
         for name, service in instances(SERVICES, ncpus):
@@ -92,7 +96,8 @@ def services(raw: Path, work: Path, memory_gb: float, jobs: int) -> dict:
                                     "manifest.json") for j in found if j.state == "succeeded"]
         return {"wall_s": wall, "upload_s": uploaded, "jobs": len(found), "failed": failed,
                 "recipe_s": sum(j.wall_s or 0 for j in found),
-                "timeline": [interval(m, start) for m in manifests if m]}
+                "timeline": [interval(m, start) for m in manifests if m],
+                **worker_logs(work / "services" / "logs")}
 
 
 def planned_jobs(raw: Path) -> int:
@@ -105,36 +110,45 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("raw", type=Path)
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--paths", default=",".join(PATHS),
+                   help="of %(default)s; the first is the reference of the ratios")
     p.add_argument("--memory", type=float, default=None,
                    help="the memory budget of both paths (default 85 %% of what is available)")
     args = p.parse_args()
     memory_gb = args.memory or round(0.85 * available_memory_gb(), 1)
+    paths = args.paths.split(",")
+    if unknown := set(paths) - set(PATHS):
+        p.error(f"unknown path(s) {', '.join(sorted(unknown))}; of {', '.join(PATHS)}")
     jobs = planned_jobs(args.raw)
     records = []
     for rep in range(args.reps):
-        for path in (("embedded", "services") if rep % 2 == 0 else ("services", "embedded")):
-            work = Path(tempfile.mkdtemp(prefix=f"musedrp-makespan-{path}-"))
+        for path in paths[rep % len(paths):] + paths[:rep % len(paths)]:
+            work = Path(tempfile.mkdtemp(prefix="musedrp-makespan-"))
             try:
-                rec = (embedded(args.raw, work, memory_gb) if path == "embedded"
-                       else services(args.raw, work, memory_gb, jobs))
+                rec = (embedded(args.raw, work, memory_gb) if PATHS[path] is None
+                       else services(args.raw, work, memory_gb, jobs, PATHS[path]))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             records.append({"rep": rep, "path": path, **rec})
             print(records[-1], flush=True)
-    ratios = [s["wall_s"] / e["wall_s"] for e, s in zip(
-        [r for r in records if r["path"] == "embedded"],
-        [r for r in records if r["path"] == "services"], strict=True)]
+    wall = {(r["rep"], r["path"]): r["wall_s"] for r in records}
+    ratios = {path: [wall[rep, path] / wall[rep, paths[0]] for rep in range(args.reps)]
+              for path in paths[1:]}
     ncpus = len(os.sched_getaffinity(0))
-    rows = [(r["rep"], r["path"], r["jobs"], r["wall_s"], r["recipe_s"], r.get("upload_s", ""),
+    rows = [(r["rep"], r["path"], r["jobs"], r["wall_s"],
+             f"{r['wall_s'] / wall[r['rep'], paths[0]]:.3f}", r["recipe_s"], r.get("upload_s", ""),
+             r["wall_s"] - r["upload_s"] if "upload_s" in r else "",
+             f"{r['downloaded_bytes'] / 1e9:.2f}" if "inputs" in r else "",
+             f"{r['from_cache']}/{r['inputs']}" if "inputs" in r else "",
              f"{busy(r['timeline']) / (ncpus * r['wall_s']):.0%}",
              first_start(r["timeline"])) for r in records]
     last = {r["path"]: r for r in records}  # the last repetition's timelines
-    fig, axes = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, axes = plt.subplots(len(paths), 1, figsize=(10, 3.5 * len(paths)), sharex=True)
     stages = sorted({j["stage"] for r in records for j in r["timeline"]},
                     key=lambda st: min(j["start_s"] for r in records for j in r["timeline"]
                                        if j["stage"] == st))
     colours = {st: plt.cm.tab20(i % 20) for i, st in enumerate(stages)}
-    for ax, path in zip(axes, ("embedded", "services"), strict=True):
+    for ax, path in zip(axes, paths, strict=True):
         timeline = sorted(last[path]["timeline"], key=lambda j: j["start_s"])
         for y, j in enumerate(timeline):
             ax.barh(y, j["end_s"] - j["start_s"], left=j["start_s"], height=0.8,
@@ -143,22 +157,26 @@ def main() -> int:
         ax.set_ylabel("job")
         ax.set_title(f"{path}: {last[path]['wall_s'] / 60:.1f} min, cores busy "
                      f"{busy(timeline) / (ncpus * last[path]['wall_s']):.0%}")
-    handles = {h.get_label(): h for h in axes[1].containers}
+    handles = {h.get_label(): h for ax in axes for h in ax.containers}
     axes[0].legend([handles[st] for st in stages if st in handles],
                    [st for st in stages if st in handles], fontsize=7, ncol=4)
-    axes[1].set_xlim(left=0)
-    axes[1].set_xlabel("seconds since the start (services: the first upload)")
-    notes = [f"{jobs} jobs planned for `{args.raw}`; memory budget {memory_gb:.1f} GB for both "
-             "paths. Services: wall from the first upload (included) to every job finished.",
-             f"**services / embedded makespan: median {statistics.median(ratios):.3f}** "
-             f"({', '.join(f'{x:.3f}' for x in ratios)}).",
+    axes[-1].set_xlim(left=0)
+    axes[-1].set_xlabel("seconds since the start (services: the first upload)")
+    notes = [f"{jobs} jobs planned for `{args.raw}`; memory budget {memory_gb:.1f} GB for every "
+             "path. Services: wall from the first upload (included) to every job finished; "
+             "'after upload': from the last frame announced.",
+             *(f"**{path} / {paths[0]} makespan: median {statistics.median(r):.3f}** "
+               f"({', '.join(f'{x:.3f}' for x in r)})." for path, r in ratios.items()),
              "Timelines from the manifests: a job's interval ends when its manifest was written "
              "(whole seconds, after its QC plots) and lasts its recipe's wall time. 'cores "
              "busy': the recipes' core-seconds over cores x wall; 'first recipe': when the "
-             "first recipe started."]
+             "first recipe started. 'downloaded': the bytes the workers fetched from S3 "
+             "(ranged GETs included); 'from cache': inputs linked from the machine's cache "
+             "instead, of all inputs."]
     print(write_results("makespan", "Makespan: embedded against the services on one machine",
-                        notes, ["rep", "path", "jobs", "wall [s]", "recipes [s]", "upload [s]",
-                                "cores busy", "first recipe [s]"],
+                        notes, ["rep", "path", "jobs", "wall [s]", "ratio", "recipes [s]",
+                                "upload [s]", "after upload [s]", "downloaded [GB]",
+                                "from cache", "cores busy", "first recipe [s]"],
                         rows, {"records": records, "ratios": ratios, "memory_gb": memory_gb},
                         fig))
     return 0

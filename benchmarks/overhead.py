@@ -6,7 +6,8 @@
 ``OMP_NUM_THREADS=1``, the stage's parameters); (b) ``musedrp reduce --cpus 1``, from
 classification to QC plots; (c) the services: ingest, planner and the bias and flat
 workers (pinned to CPU 0) on a RabbitMQ vhost, a ``weed mini`` S3 server and a PostgreSQL
-database of their own, from the first upload to the flat's ``succeeded``.  The raw
+database of their own, from the first upload to the flat's ``succeeded``; and per job:
+the workers' own time, from taking the order to its products stored (their logs).  The raw
 directory holds calibrations only (musedrp reduces such a night's masters).  Each
 repetition runs the three paths in a rotated order.
 Writes ``results/overhead.{md,json,png}``.
@@ -29,7 +30,7 @@ from musedrp.serve import submit
 from musedrp.services.bias.spec import SPEC as BIAS
 from musedrp.services.flat.spec import SPEC as FLAT
 
-from common import fresh_services, timed, write_frames, write_results
+from common import fresh_services, timed, worker_logs, write_frames, write_results
 
 FRAMES = 11
 PATHS = ("esorex", "reduce", "services")
@@ -91,8 +92,10 @@ def services(raw: Path, work: Path, quiet_s: float,
             time.sleep(0.2)
         if states != dict.fromkeys(stages, "succeeded"):
             raise SystemExit(f"services path failed: {states}; logs in {work}")
+        logs = worker_logs(work / "services" / "logs")
         return {"wall_s": time.monotonic() - t0, "upload_s": uploaded,
-                "recipe_s": sum(j.wall_s or 0 for j in registry.jobs())}
+                "recipe_s": sum(j.wall_s or 0 for j in registry.jobs()),
+                "jobs_s": logs["jobs_s"], "transfers_s": logs["inputs_s"] + logs["products_s"]}
 
 
 def main() -> int:
@@ -127,6 +130,8 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
     base = {r["rep"]: r["wall_s"] for r in records if r["path"] == "esorex"}
     for r in records:
         r["ratio"] = r["wall_s"] / base[r["rep"]]
+        if "jobs_s" in r:
+            r["job_ratio"] = r["jobs_s"] / base[r["rep"]]
     rows, summary = [], {}
     for path in PATHS:
         rs = [r for r in records if r["path"] == path]
@@ -134,14 +139,18 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
         summary[path] = {"median_wall_s": statistics.median(walls),
                          "median_ratio": statistics.median(ratios),
                          "min_ratio": min(ratios), "max_ratio": max(ratios)}
-        upload = (f"{statistics.median(r['upload_s'] for r in rs):.1f}"
-                  if path == "services" else "")
+        upload, jobs, job_ratio = ((
+            f"{statistics.median(r['upload_s'] for r in rs):.1f}",
+            f"{statistics.median(r['jobs_s'] for r in rs):.1f}",
+            f"{statistics.median(r['job_ratio'] for r in rs):.3f}") if path == "services"
+            else ("", "", ""))
         own = statistics.median(r["wall_s"] - r["recipe_s"] for r in rs)
         summary[path]["median_own_s"] = own
         rows.append((path, len(rs), statistics.median(walls), min(walls), max(walls),
                      f"{statistics.median(ratios):.3f}",
                      f"{min(ratios):.3f}-{max(ratios):.3f}",
-                     statistics.median(r["recipe_s"] for r in rs), own, upload))
+                     statistics.median(r["recipe_s"] for r in rs), own, upload, jobs,
+                     job_ratio))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for i, path in enumerate(PATHS):
         ratios = [r["ratio"] for r in records if r["path"] == path]
@@ -157,11 +166,16 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
              "'recipes' is the esorex wall time as musedrp measured it (the manifests' "
              "`run.wall_s`), 'outside recipes' the median of wall minus recipes.",
              f"Services: the planner's quiet period was {args.quiet_s:g} s; upload is the time "
-             "`submit` took to put the 23 files into S3 and announce them (included in wall)."]
+             "`submit` took to put the 23 files into S3 and announce them (included in wall). "
+             "'workers' jobs': the two jobs' time in their workers, from taking the order to "
+             "its products stored (inputs fetched, recipe, products and manifest uploaded), "
+             "and its ratio to bare esorex: the per-job overhead, without the upload of the "
+             "raw frames, the quiet period and the messages between the services."]
     print(write_results(
         "overhead", "Overhead of musedrp over bare esorex", notes,
         ["path", "runs", "median wall [s]", "min [s]", "max [s]", "median ratio",
-         "ratio range", "recipes [s]", "outside recipes [s]", "upload [s]"], rows,
+         "ratio range", "recipes [s]", "outside recipes [s]", "upload [s]",
+         "workers' jobs [s]", "per-job ratio"], rows,
         {"records": records, "summary": summary}, fig))
     return 0
 

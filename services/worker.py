@@ -11,6 +11,7 @@ import errno
 import logging
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from musedrp import esorex, ifuslice, metrics, runner, service, storage
 from musedrp.admission import SharedPool
 from musedrp.broker import Handler
 from musedrp.errors import DataError, Transient
+from musedrp.localcache import LocalCache
 from musedrp.messages import Envelope, JobFinished, ProductCreated, WorkOrder
 from musedrp.provenance import ERROR_FILE, MANIFEST
 from musedrp.settings import Settings
@@ -49,26 +51,34 @@ class StageWorker(Handler):
                 return self._run(env, order, attempt)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):  # may be free again later
-                raise Transient(f"scratch {self.scratch} is full: {err}") from err
+                freed = self.store.cache.trim(0) if self.store.cache else 0
+                raise Transient(f"scratch {self.scratch} is full ({freed / 1e9:.1f} GB of "
+                                f"cached objects removed): {err}") from err
             raise
         finally:
             metrics.IN_PROGRESS.labels(self.name).dec()
 
     def _run(self, env: Envelope, order: WorkOrder, attempt: int) -> list[Envelope]:
         with tempfile.TemporaryDirectory(prefix=f"{order.job_key}-", dir=self.scratch) as tmp:
+            t0 = time.monotonic()
             local = self._download(order, Path(tmp) / "in")
+            t1 = time.monotonic()
             with self._claim(order) as cpus:
+                t2 = time.monotonic()
                 self.log.info("%s: running %s on CPUs %s", order, order.recipe,
                               esorex.format_cpus(cpus))
                 result = runner.execute(local, self.spec, self.compute, Path(tmp) / "out",
                                         cpus, Path(tmp), [f.path for f in order.inputs])
+            t3 = time.monotonic()
             if result.error is None:  # an earlier attempt's, wrong now; gone before the manifest
                 self.store.delete(order.product_key(ERROR_FILE))
             storage.upload_dir(self.store, result.directory, order.product_dir)
             if result.error is not None:
                 raise result.error
-            self.log.info("%s: %s in %.1f s", order, result.outcome,
-                          result.manifest["run"]["wall_s"])
+            self.log.info("%s: %s in %.1f s: inputs %.1f s, waiting for cores %.1f s, recipe "
+                          "%.1f s (esorex %.1f s), products %.1f s", order, result.outcome,
+                          time.monotonic() - t0, t1 - t0, t2 - t1, t3 - t2,
+                          result.manifest["run"]["wall_s"], time.monotonic() - t3)
             return self._events(env, order, result.manifest, "succeeded", attempt)
 
     def _claim(self, order: WorkOrder) -> contextlib.AbstractContextManager:
@@ -92,7 +102,7 @@ class StageWorker(Handler):
             An input's path is not an object key (absolute, ``..``, control characters), or
             its ranges do not give the IFU's extension.
         """
-        inputs, fetched, sliced = [], 0, 0
+        inputs, fetched, sliced, cached = [], 0, 0, 0
         for i, f in enumerate(order.inputs):
             try:
                 key = storage.check_key(f.path)
@@ -102,16 +112,17 @@ class StageWorker(Handler):
             if f.ranges:
                 fetched += ifuslice.fetch(self.store, key, f, dest)
                 sliced += 1
+            elif n := self.store.get_file(key, dest):
+                fetched += n
             else:
-                self.store.get_file(key, dest)
-                fetched += dest.stat().st_size
+                cached += 1
             inputs.append(f.model_copy(update={"path": str(dest)}))
         metrics.INPUT_BYTES.labels(self.name).inc(fetched)
         whole = sum(1 for f in order.inputs if f.ifu and not f.ranges)
         self.log.info("%s: %d bytes fetched for %d inputs, %d raw frame(s) by ranged GETs of "
-                      "the IFU's extension%s", order, fetched, len(inputs), sliced,
-                      f", {whole} raw frame(s) whole: no byte ranges in the order" if whole
-                      else "")
+                      "the IFU's extension, %d from this machine's cache%s", order, fetched,
+                      len(inputs), sliced, cached, f", {whole} raw frame(s) whole: no byte "
+                      "ranges in the order" if whole else "")
         timeout = self.settings.timeout_s or order.timeout_s
         return order.model_copy(update={"inputs": tuple(inputs), "timeout_s": timeout})
 
@@ -163,7 +174,9 @@ def make(stage_name: str):
         if not stage.spec.own:  # ConfigError: esorex or the recipe missing
             esorex.pipeline_version(stage.spec.recipe)
         scratch = service.own_scratch(settings, stage_name, log)
-        store = storage.open_store(settings)
+        cache = (LocalCache(settings.scratch / "cache", int(settings.cache_gb * 1e9))
+                 if settings.cache_gb > 0 else None)
+        store = storage.open_store(settings, cache)
         store.check()
         cpus = service.cpu_set(settings)
         pool = (SharedPool(settings.admission, cpus, settings.memory_gb)

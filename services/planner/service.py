@@ -1,5 +1,5 @@
-"""Planner: re-plans from the registry when frames stop arriving, and issues work orders as
-soon as the jobs they need have succeeded.
+"""Planner: re-plans from the registry when frames stop arriving (or have arrived for long),
+and issues work orders as soon as the jobs they need have succeeded.
 
 Planning is the same function as in embedded mode (``planner.plan_night``); a job is known by
 its content-derived key, so re-planning the same frames adds nothing and publishes nothing
@@ -9,32 +9,39 @@ thread keeps sending heartbeats (planning a year takes minutes); what it planned
 the connection thread, the only one publishing.  State lives in the registry only: a
 restarted planner plans every night at once and carries on.  Frames arriving after a night
 was planned re-plan it; a better calibration then gives new job keys (new work), never a
-changed old job.
+changed old job, and the old jobs not issued yet are superseded.
 """
 
+import functools
 import gc
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 from musedrp import esorex, metrics, qctrend, service
 from musedrp.broker import Handler
 from musedrp.errors import DataError, NoWork
 from musedrp.messages import Envelope, ProductCreated, WorkOrder, night_correlation
 from musedrp.planner import SEARCH_DAYS, plan_night
-from musedrp.registry import OK_STATES, Registry, unavailable_is_transient
+from musedrp.registry import OK_STATES, WAITING, Registry, unavailable_is_transient, utc_now
 from musedrp.settings import Settings
 from musedrp.tags import STATIC_TAGS
 from musedrp.topology import BY_NAME, work_key
 
 FAILED_STATES = ("failed", "skipped", "blocked")
-WAITING = ("planned", "blocked")  # the jobs issue() may publish or block
 ALL = "*"  # among the touched nights or the jobs due: all of them
+T = TypeVar("T")
+
+
+def mjd_now() -> float:
+    return time.time() / 86400 + 40587.0  # the Unix epoch is MJD 40587
 
 
 def checked(night: str) -> str:
@@ -45,14 +52,14 @@ def checked(night: str) -> str:
         raise DataError(f"night {night!r} is not a date") from err
 
 
-def in_thread(fn: Callable[[set[str]], list[str]], arg: set[str]) -> Future[list[str]]:
-    """``fn(arg)`` in a daemon thread: a shutdown does not wait for it (its registry writes
-    are transactions, and a restarted planner plans again)."""
-    done: Future[list[str]] = Future()
+def in_thread(fn: Callable[[], T]) -> Future[T]:
+    """``fn()`` in a daemon thread: a shutdown does not wait for it (its registry writes are
+    transactions, and a restarted planner plans again)."""
+    done: Future[T] = Future()
 
     def run() -> None:
         try:
-            done.set_result(fn(arg))
+            done.set_result(fn())
         except Exception as err:  # raised again on the connection thread by done.result()
             done.set_exception(err)
 
@@ -74,6 +81,11 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+class Planned(NamedTuple):
+    keys: list[str]  # the jobs of the plan
+    recheck: float | None  # the MJD at which a template it waited for stops growing
+
+
 class Planner(Handler):
     name = "planner"
 
@@ -82,11 +94,14 @@ class Planner(Handler):
         self.registry, self.settings, self.version, self.log = registry, settings, version, log
         self.clock = clock
         self.last_frame = float("-inf")
+        self.waiting_since = math.inf  # when the oldest frame not planned yet came
         # at start-up, whatever happened while we were away: every night, every waiting job
         self.touched = {ALL}  # nights with new frames
         self.due = {ALL}  # jobs to look at: just planned
         self.finished: set[str] = set()  # jobs whose dependents may now run (or be blocked)
-        self.planning: tuple[set[str], Future[list[str]]] | None = None  # touched, result
+        self.planning: tuple[set[str], Future[Planned]] | None = None  # touched, result
+        self.provisional: set[str] = set()  # nights planned while frames arrived: once more
+        self.recheck: tuple[float, set[str]] | None = None  # when templates stop growing
         self.flag_exported: set[tuple[str, str, str]] = set()  # QC_FLAGGED labels set
 
     def handle(self, env: Envelope, attempt: int) -> list[Envelope]:
@@ -94,6 +109,7 @@ class Planner(Handler):
         with unavailable_is_transient():
             if env.type == "frame.registered":
                 self.last_frame = self.clock()
+                self.waiting_since = min(self.waiting_since, self.last_frame)
                 if p.tag in STATIC_TAGS:  # valid for any night
                     self.touched.add(ALL)
                 elif p.tag is not None:  # a rejected frame enters no plan
@@ -138,49 +154,83 @@ class Planner(Handler):
                 self.log.warning("QC flagged: %s", v)
 
     def idle(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
-        """Collect a finished planning, start the next one once frames stop arriving (one at
-        a time, in its thread), and issue what may run.  What fails is kept (the touched
-        nights, the jobs due) and raised: the consumer calls again later."""
+        """Collect a finished planning, start the next one (one at a time, in its thread)
+        once frames stop arriving or have arrived for ``plan_max_wait_s``, and issue what
+        may run.  A plan made while frames arrive waits for every incomplete template, and is
+        made again once they stop; one that waited for a template taken minutes ago is made
+        again when that template stops growing (``planner.GROWING_DAYS``).  What fails is
+        kept (the touched nights, the jobs due) and raised: the consumer calls again later."""
         with unavailable_is_transient():
             if self.planning is not None and self.planning[1].done():
                 touched, done = self.planning
                 self.planning = None
                 if done.exception() is not None:
                     self.touched |= touched
-                self.due.update(done.result())
-            quiet = self.clock() - self.last_frame >= self.settings.plan_quiet_s
-            if self.planning is None and self.touched and quiet:
-                self.planning = self.touched, in_thread(self.plan, self.touched)
-                self.touched = set()
+                keys, recheck = done.result()
+                self.due.update(keys)
+                if recheck is not None:
+                    when, nights = self.recheck or (math.inf, set())
+                    self.recheck = min(when, recheck), nights | touched
+            now = self.clock()
+            quiet = now - self.last_frame >= self.settings.plan_quiet_s
+            if quiet:
+                self.touched |= self.provisional
+                self.provisional = set()
+            if self.recheck is not None and mjd_now() >= self.recheck[0]:
+                self.touched |= self.recheck[1]
+                self.recheck = None
+            overdue = now - self.waiting_since >= self.settings.plan_max_wait_s
+            if self.planning is None and self.touched and (quiet or overdue):
+                if not quiet:
+                    self.provisional |= self.touched
+                self.planning = self.touched, in_thread(
+                    functools.partial(self.plan, self.touched, arriving=not quiet))
+                self.touched, self.waiting_since = set(), math.inf
             if self.due or self.finished:
                 self.issue(publish)
 
-    def plan(self, touched: set[str]) -> list[str]:
+    def plan(self, touched: set[str], arriving: bool = False) -> Planned:
         """Re-plan the nights within SEARCH_DAYS of the nights ``touched`` (``ALL``: every
-        night) from the frames they may use; record the new jobs and the status of the
-        touched nights' frames (those of other nights may serve nights not planned here).
-        Returns the keys of the jobs planned.  Runs in the planning thread."""
+        night) from the frames they may use, in prompt mode (``arriving``: frames still
+        arrive); record the new jobs, supersede those the plan no longer holds, and record
+        the status of the touched nights' frames (those of other nights may serve nights not
+        planned here).  Runs in the planning thread."""
         nights = None if ALL in touched else self.registry.nights(touched, SEARCH_DAYS)
         with collector_paused():
             frames = self.registry.load_frames(nights, SEARCH_DAYS)
             try:
                 plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
-                                  memory_gb=self.settings.memory_gb, nights=nights)
+                                  memory_gb=self.settings.memory_gb, nights=nights,
+                                  now=mjd_now(), arriving=arriving)
             except NoWork as err:
                 self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames),
                               err)
-                return []
+                return Planned([], None)
             new = self.registry.record_orders(plan.orders)
+            gone = self.registry.supersede(  # jobs of frames that more frames have replaced
+                None if nights is None else self.settled(nights),
+                [o.job_key for o in plan.orders],
+                f"no longer planned: the plan of {utc_now():%Y-%m-%d %H:%M:%S} UTC holds other "
+                "jobs (frames arrived since)")
             self.registry.set_statuses({
                 f.path: (status, "; ".join(why)) for f in plan.frames
                 if nights is None or f.night in touched for status, why in [plan.status(f)]})
             self.registry.record_decisions(nights, plan.decisions)
-        self.log.info("planned %s from %d frame(s): %d job(s), %d new",
+        self.log.info("planned %s from %d frame(s): %d job(s), %d new, %d superseded",
                       "every night" if nights is None else f"{len(nights)} night(s)",
-                      len(frames), len(plan.orders), len(new))
+                      len(frames), len(plan.orders), len(new), len(gone))
         for line in plan.decisions:
             self.log.info("decision: %s", line)
-        return [o.job_key for o in plan.orders]
+        return Planned([o.job_key for o in plan.orders], plan.recheck)
+
+    def settled(self, nights: set[str]) -> set[str]:
+        """The nights of ``nights`` whose jobs only nights of ``nights`` may use: no other
+        night with observations is within SEARCH_DAYS of them."""
+        span = timedelta(days=SEARCH_DAYS)
+        others = [date.fromisoformat(n) for n in self.registry.nights(nights, SEARCH_DAYS)
+                  - nights]
+        return {n for n in nights
+                if all(abs(date.fromisoformat(n) - o) > span for o in others)}
 
     def issue(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Publish the waiting jobs just planned or needing a job just finished, if their

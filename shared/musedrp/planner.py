@@ -41,6 +41,9 @@ from musedrp.topology import BY_NAME
 # levels are: the science night, then ±1 day, then the rest (marked DEGRADED).
 WIDEST_DAYS = {Tag.BIAS: 7.0, Tag.FLAT: 7.0, Tag.ARC: 3.0, Tag.SKYFLAT: 15.0, Tag.STD: 5.0}
 SEARCH_DAYS = max(WIDEST_DAYS.values()) + 1  # a night's plan reads no frame farther away
+# Prompt mode: an incomplete template may still grow while frames arrive, and for an hour
+# after its last exposure (a sequence takes minutes); after that it is used as it is
+GROWING_DAYS = 1 / 24
 LEVELS = ("the science night", "within 1 day", "within the widest window")
 # ILLUM: the closest within 2 h of the exposure, at most 1 degree C warmer or colder
 # (musered's rule; muse.oca sets none)
@@ -154,6 +157,10 @@ class Plan:
     decisions: list[str] = field(default_factory=list)
     by_key: dict[str, WorkOrder] = field(default_factory=dict)  # the orders
     inputs: dict[tuple, "Ident"] = field(default_factory=dict)  # one per distinct input
+    # prompt mode (the planner service): the MJD it plans at, and whether frames still arrive
+    now: float | None = None
+    arriving: bool = False
+    recheck: float | None = None  # MJD when a template held as growing stops growing
 
     def __post_init__(self) -> None:
         self.index = Index(self.frames)
@@ -161,6 +168,19 @@ class Plan:
     def note(self, frame: Frame, reason: str) -> None:
         if reason not in self.notes[frame.path]:
             self.notes[frame.path].append(reason)
+
+    def growing(self, t: Template) -> str:
+        """Why incomplete ``t`` may still get its missing frames ("" if not, or not in prompt
+        mode)."""
+        if self.now is None or t.complete:
+            return ""
+        if self.arriving:
+            return "frames are still arriving"
+        last = max(f.mjd for f in t.frames)
+        if self.now - last < GROWING_DAYS:
+            self.recheck = min(self.recheck or math.inf, last + GROWING_DAYS)
+            return f"its last frame was taken {(self.now - last) * 1440:.0f} min ago"
+        return ""
 
     def status(self, frame: Frame) -> tuple[str, list[str]]:
         """(``used``, job keys), or ``unclassified``/``rejected``/``unused`` with reasons."""
@@ -248,13 +268,19 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
                 plan.note(f, f"{t} has fewer than the {min_count} frames {spec.recipe} needs")
         else:
             (usable if t.complete else degraded).append(t)
-    pool = usable or degraded
-    if not pool:
-        return None
 
     def of(t: Template) -> tuple:
         return rank(t.first, t.mjd, n.night, ref)
 
+    growing = {id(t): why for t in degraded if (why := plan.growing(t))}
+    if growing and id(wait := min(usable + degraded, key=of)) in growing:
+        n.decide(f"waiting for {wait}: it may still grow ({growing[id(wait)]}); what needs "
+                 "it is planned once it is complete or has stopped growing")
+        return None
+    degraded = [t for t in degraded if id(t) not in growing]
+    pool = usable or degraded
+    if not pool:
+        return None
     best = min(pool, key=of)
     if not best.complete:
         n.decide(f"DEGRADED: {best} is incomplete but no complete template exists")
@@ -583,17 +609,20 @@ CALIBRATION_TAGS = (Tag.BIAS, Tag.FLAT, Tag.ARC, Tag.SKYFLAT)
 
 def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
                ifus: Iterable[int] | None = None, overrides: dict[str, dict] | None = None,
-               memory_gb: float | None = None, nights: Iterable[str] | None = None) -> Plan:
+               memory_gb: float | None = None, nights: Iterable[str] | None = None,
+               now: float | None = None, arriving: bool = False) -> Plan:
     """Plan the whole cascade for every (night, setup) of the science frames, and the
     calibrations of every night without science; only ``nights`` if given (``frames`` must
     then hold every frame within ``SEARCH_DAYS`` of them: the candidates they may use).
+    In prompt mode (``now``, the MJD, given) a template that may still grow is waited for
+    (``Plan.growing``): what needs it is not planned yet.
 
     Raises
     ------
     NoWork
         There is neither a science frame nor a calibration template to reduce.
     """
-    plan = Plan(frames=list(frames))
+    plan = Plan(frames=list(frames), now=now, arriving=arriving)
     good = [f for f in frames if f.tag is not None]
     # the science of a night is its OBJECT frames; on a night without any, a standard star
     # observed beside the night's own biases (throughput monitoring), never one a

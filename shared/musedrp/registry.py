@@ -37,8 +37,11 @@ from musedrp.frames import Frame
 from musedrp.messages import WorkOrder
 from musedrp.tags import STATIC_TAGS
 
+# blocked: an upstream job failed; issued again if it is replayed.  superseded: a later plan of
+# its night no longer holds it (frames arrived since); never issued, unless a plan holds it again
 JOB_STATES = ("planned", "queued", "running", "succeeded", "cached", "failed", "skipped",
-              "blocked")  # blocked: an upstream job failed; issued again if it is replayed
+              "blocked", "superseded")
+WAITING = ("planned", "blocked")  # not issued yet
 OK_STATES = ("succeeded", "cached")
 STATIC = [str(t) for t in STATIC_TAGS]  # frames that serve every night
 
@@ -258,6 +261,26 @@ class Registry:
             if needs := [dict(job_key=k, need=n) for k, o in new.items() for n in o.needs]:
                 s.execute(insert(NeedRow.__table__), needs)
         return list(new)
+
+    def supersede(self, nights: Iterable[str] | None, held: Iterable[str],
+                  reason: str) -> list[str]:
+        """After a plan of ``nights`` (None: every night) that holds the jobs ``held``: a job
+        of those nights not issued yet that the plan does not hold is superseded, with
+        ``reason``; a superseded job that it holds waits again.  Returns the keys superseded.
+        (A job issued already runs: its products are harmless, and nothing waits on them.)"""
+        held = set(held)
+        with Session(self.engine) as s, s.begin():
+            q = select(JobRow.key).where(JobRow.state.in_(WAITING))
+            if nights is not None:
+                q = q.where(JobRow.night.in_(list(nights)))
+            gone = [k for k in s.scalars(q) if k not in held]
+            back = _in(s, select(JobRow.key).where(JobRow.state == "superseded"), JobRow.key,
+                       list(held))
+            for keys, state, why in ((gone, "superseded", reason), (back, "planned", "")):
+                for start in range(0, len(keys), 500):
+                    s.execute(update(JobRow).where(JobRow.key.in_(keys[start:start + 500]))
+                              .values(state=state, reason=why))
+        return gone
 
     def record_decisions(self, nights: Iterable[str] | None, decisions: Iterable[str]) -> None:
         """The decisions of a plan of ``nights`` (None: every night), replacing those of an

@@ -226,8 +226,20 @@ def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
     return 0
 
 
+def upload_rank(frame) -> int:
+    """Static calibrations, then raw frames in the order the cascade uses them, then the rest."""
+    from musedrp.tags import STATIC_TAGS, Tag
+
+    cascade = (Tag.BIAS, Tag.FLAT, Tag.ARC, Tag.ARC_LSF, Tag.SKYFLAT, Tag.ILLUM, Tag.STD,
+               Tag.ASTROMETRY, Tag.SKY, Tag.OBJECT)
+    if frame.tag in STATIC_TAGS:
+        return 0
+    return 1 + cascade.index(frame.tag) if frame.tag in cascade else len(cascade) + 1
+
+
 def submit(raw_dir: Path, s: Settings, report=print) -> int:
-    """Do what the observatory's ingest does: upload each raw file, then announce it.
+    """Do what the observatory's ingest does: upload each raw file, then announce it; static
+    calibrations first, then the raw frames in the order the cascade reads them.
 
     Returns the number of files submitted.  A file is announced only after its upload; the
     announcement is confirmed by the broker before the next file.  Static calibrations are
@@ -243,6 +255,9 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
     paths = sorted(p for p in raw_dir.rglob("*") if p.name.lower().endswith(FITS_SUFFIXES))
     if not paths:
         raise ConfigError(f"no FITS files below {raw_dir}")
+    # what each file is (a static one's SHA-256 too), in the order the cascade reads them: the
+    # first jobs start while the rest uploads
+    frames = sorted(((classify_file(p), p) for p in paths), key=lambda fp: upload_rank(fp[0]))
     connection = broker.connect(s)
     try:
         channel = connection.channel()
@@ -250,8 +265,7 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
         channel.confirm_delivery()
         t0 = time.monotonic()
         sent = 0
-        for i, path in enumerate(paths, 1):
-            frame = classify_file(path)  # what the file is; a static one's SHA-256 too
+        for i, (frame, path) in enumerate(frames, 1):
             static = frame.tag in STATIC_TAGS
             try:
                 key = (static_key(path.name, frame.checksum) if static

@@ -40,6 +40,7 @@ class Settings(BaseModel):
 
     db_url: str = "postgresql+psycopg://postgres@127.0.0.1/musedrp"
     scratch: Path = Path("/tmp/musedrp-scratch")  # noqa: S108 - overridden in images
+    cache_gb: float = Field(8.0, ge=0)  # objects kept under scratch/cache by content; 0: none
     cpus: str = ""  # e.g. "0-1"; empty: this process's affinity
     memory_gb: float = 20.0  # what the largest (fan-in) worker may use; the planner fits to it
     admission: Path | None = None  # a file shared by one machine's workers (admission.py)
@@ -47,6 +48,7 @@ class Settings(BaseModel):
     retry_delays_s: tuple[int, ...] = (30, 120, 600)  # one delay queue each; then dead letter
     delivery_limit: int = 3  # redeliveries of a message whose worker died (OOM, SIGKILL)
     plan_quiet_s: float = 10.0  # the planner plans after this long without a new frame
+    plan_max_wait_s: float = 30.0  # ... or once frames have arrived this long without a plan
     metrics_port: int = 0  # 0: no metrics server
     liveness_s: float = 120.0  # `musedrp health` fails once the consume loop is still this long
     log_format: str = Field("auto", pattern="^(auto|json|text)$")

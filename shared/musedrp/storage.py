@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from musedrp.errors import ConfigError, DataError, MusedrpError, NotFound, Transient
+from musedrp.localcache import SHA256, LocalCache
 from musedrp.provenance import MANIFEST, file_sha256
 
 SHA_META = "sha256"
@@ -69,9 +70,11 @@ def static_key(name: str, sha256: str) -> str:
 
 
 class ObjectStore(Protocol):
+    cache: LocalCache | None  # what get_file links instead of downloading
+
     def check(self) -> None: ...
     def put_file(self, path: Path, key: str) -> None: ...
-    def get_file(self, key: str, dest: Path) -> None: ...
+    def get_file(self, key: str, dest: Path) -> int: ...
     def put_json(self, content: dict[str, Any], key: str) -> None: ...
     def get_json(self, key: str) -> dict[str, Any] | None: ...
     def open_range(self, key: str) -> tuple["RangeReader", int]: ...
@@ -129,6 +132,8 @@ def upload_dir(store: ObjectStore, directory: Path, prefix: str) -> dict[str, st
 class LocalStore:
     """A directory as an object store: the embedded mode, and tests without a server."""
 
+    cache = None  # reads are local already
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -155,12 +160,14 @@ class LocalStore:
         shutil.copyfile(path, tmp)
         tmp.replace(dest)
 
-    def get_file(self, key: str, dest: Path) -> None:
+    def get_file(self, key: str, dest: Path) -> int:
+        """Copy the object to ``dest``; returns the bytes copied."""
         src = self._path(key)
         if not src.exists():
             raise NotFound(f"no object {key}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest)
+        return dest.stat().st_size
 
     def put_json(self, content: dict[str, Any], key: str) -> None:
         dest = self._path(key)
@@ -199,14 +206,16 @@ class LocalStore:
 
 
 class S3Store:
-    """An S3 bucket through boto3 (multipart above 8 MB, retries within ``attempts``)."""
+    """An S3 bucket through boto3 (multipart above 8 MB, retries within ``attempts``); with a
+    ``cache``, files are kept on local disk by content and not downloaded again."""
 
     def __init__(self, endpoint: str, bucket: str, access_key: str, secret_key: str,
-                 region: str = "us-east-1", timeout_s: float = 30.0, attempts: int = 3) -> None:
+                 region: str = "us-east-1", timeout_s: float = 30.0, attempts: int = 3,
+                 cache: LocalCache | None = None) -> None:
         import boto3
         from botocore.config import Config
 
-        self.bucket, self.endpoint = bucket, endpoint
+        self.bucket, self.endpoint, self.cache = bucket, endpoint, cache
         self.client = boto3.client(
             "s3", endpoint_url=endpoint, aws_access_key_id=access_key,
             aws_secret_access_key=secret_key, region_name=region,
@@ -215,9 +224,9 @@ class S3Store:
                           s3={"addressing_style": "path"}))
 
     @classmethod
-    def from_settings(cls, s) -> "S3Store":
+    def from_settings(cls, s, cache: LocalCache | None = None) -> "S3Store":
         return cls(s.s3_endpoint, s.s3_bucket, s.s3_access_key, s.s3_secret_key.get_secret_value(),
-                   s.s3_region, s.s3_timeout_s, s.s3_attempts)
+                   s.s3_region, s.s3_timeout_s, s.s3_attempts, cache)
 
     def _call(self, what: str, fn, *args, **kwargs):
         """One S3 call, its failure raised as the class :func:`s3_error` gives it."""
@@ -254,17 +263,34 @@ class S3Store:
                 raise
 
     def put_file(self, path: Path, key: str) -> None:
-        meta = {SHA_META: file_sha256(path)}
+        sha = file_sha256(path)
         self._call(f"upload {key}", self.client.upload_file, str(path), self.bucket, key,
-                   ExtraArgs={"Metadata": meta})
+                   ExtraArgs={"Metadata": {SHA_META: sha}})
+        if self.cache is not None:
+            self.cache.add(path, sha)
 
-    def get_file(self, key: str, dest: Path) -> None:
+    def get_file(self, key: str, dest: Path) -> int:
+        """Download the object to ``dest``, checked against its SHA-256, or link it from the
+        cache; returns the bytes downloaded (0 from the cache).
+
+        Raises
+        ------
+        DataError
+            The object's metadata names no valid SHA-256, or the download does not match it.
+        """
         dest.parent.mkdir(parents=True, exist_ok=True)
         head = self._call(f"head {key}", self.client.head_object, Bucket=self.bucket, Key=key)
-        self._call(f"download {key}", self.client.download_file, self.bucket, key, str(dest))
         expected = head.get("Metadata", {}).get(SHA_META)
+        if expected is not None and not SHA256.fullmatch(expected):
+            raise DataError(f"download {key}: its SHA-256 metadata {expected[:80]!r} is not one")
+        if self.cache is not None and expected and self.cache.get(expected, dest):
+            return 0
+        self._call(f"download {key}", self.client.download_file, self.bucket, key, str(dest))
         if expected and file_sha256(dest) != expected:
             raise DataError(f"download {key}: SHA-256 differs from the stored one")
+        if self.cache is not None and expected:
+            self.cache.add(dest, expected)
+        return dest.stat().st_size
 
     def put_json(self, content: dict[str, Any], key: str) -> None:
         body = (json.dumps(content, indent=1, default=str) + "\n").encode()
@@ -356,8 +382,9 @@ def s3_error(err: Exception, what: str) -> MusedrpError | None:
     return None
 
 
-def open_store(settings) -> ObjectStore:
-    """``s3_endpoint`` ``file:///path`` gives a local directory, anything else S3."""
+def open_store(settings, cache: LocalCache | None = None) -> ObjectStore:
+    """``s3_endpoint`` ``file:///path`` gives a local directory, anything else S3 (through
+    ``cache``, if given)."""
     if settings.s3_endpoint.startswith("file://"):
         return LocalStore(Path(settings.s3_endpoint.removeprefix("file://")))
-    return S3Store.from_settings(settings)
+    return S3Store.from_settings(settings, cache)

@@ -161,7 +161,8 @@ def infra(workspace: Path, images) -> Iterator[dict]:
         env = {**names, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
                "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
                "MUSEDRP_SCRATCH": str(workspace / "scratch" / "host"),
-               "MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_IFUS": str(IFU)}
+               "MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_PLAN_MAX_WAIT_S": "600",
+               "MUSEDRP_IFUS": str(IFU)}
         settings = Settings.load(env)
         store = S3Store.from_settings(settings)
         store.create_bucket()

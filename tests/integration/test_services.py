@@ -49,12 +49,12 @@ def infra(workspace: Path) -> Iterator[dict]:
     workspace = Path(tempfile.mkdtemp(prefix="services-", dir=workspace))
     s3 = s3server.start(workspace / "s3")
     with throwaway_vhost(database=True) as names:
-        # a quiet period of 5 s: a plan made while the night's frames still arrive would see a
-        # night of calibrations alone and issue their jobs too
+        # a quiet period of 5 s and no plan while frames arrive: a plan made before the
+        # science frames came would see a night of calibrations alone and issue their jobs too
         env = {**names, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
                "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
-               "MUSEDRP_SCRATCH": str(workspace / "scratch"),
-               "MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
+               "MUSEDRP_SCRATCH": str(workspace / "scratch"), "MUSEDRP_PLAN_QUIET_S": "5",
+               "MUSEDRP_PLAN_MAX_WAIT_S": "600", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
                "MUSEDRP_IFUS": str(IFU), "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
         settings = Settings.load(env)
         store = S3Store.from_settings(settings)
@@ -251,6 +251,9 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
         log = (fleet.state_dir / "logs" / f"{stage}.log").read_text()
         assert re.search(r"[1-9]\d* raw frame\(s\) by ranged GETs", log), stage
         assert "whole: no byte ranges" not in log
+    # the master bias the bias worker stored, the flat worker linked from the machine's cache
+    log = (fleet.state_dir / "logs" / "flat.log").read_text()
+    assert re.search(r"extension, [1-9]\d* from this machine's cache", log), log[-2000:]
 
     # every QC keyword of each product reached the registry (for QC trending), as in reduce
     for stage, name in (("bias", f"MASTER_BIAS-{IFU:02d}.fits"),

@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from musedrp.admission import SharedPool
 from musedrp.errors import DataError, Transient
 from musedrp.esorex import RecipeRun
+from musedrp.localcache import LocalCache
 from musedrp.messages import (
     Envelope,
     FrameRegistered,
@@ -122,12 +123,16 @@ def test_a_success_after_a_failed_attempt_leaves_no_error_txt(worker):
     assert f"{DIR}/error.txt" not in keys
 
 
-def test_a_full_disk_is_retried_not_dead_lettered(worker):
+def test_a_full_disk_is_retried_not_dead_lettered_and_empties_the_cache(worker, tmp_path):
     def full(order, workdir, cpus):
         raise OSError(errno.ENOSPC, "No space left on device")
     worker.compute = full
-    with pytest.raises(Transient, match="is full"):
+    worker.store.cache = LocalCache(tmp_path / "cache", 10**9)
+    (tmp_path / "kept").write_bytes(b"x" * 100)
+    worker.store.cache.add(tmp_path / "kept", "0" * 64)
+    with pytest.raises(Transient, match=r"is full \(0.0 GB of cached objects removed\)"):
         worker.handle(order_envelope(), 1)
+    assert list(worker.store.cache.root.iterdir()) == []
 
 
 def test_worker_refuses_an_order_of_another_stage(worker):
@@ -414,3 +419,71 @@ def test_planner_exports_qc_flags_and_bands_judged_against_the_history(tmp_path)
     assert sample("musedrp_qc_band_low", "QC BIAS MASTER3 RONERR") is None  # not headline
     (stored,) = [qc for night, *_, qc in registry.qc(since=nights[-1])]
     assert stored["QC BIAS MASTER3 RON"] == 3.3
+
+
+def test_a_job_a_new_plan_no_longer_holds_is_superseded_never_issued(tmp_path, template,
+                                                                      science):
+    """Prompt mode: 3 of 5 biases arrive, then a pause, then the other two.  The first plan's
+    master bias (degraded, 3 frames) is issued and runs; the second plan's replaces it.  The
+    flat of the first plan, waiting on that bias, must not run when it finishes."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    biases = template(56870.75, n=5)
+    registry.record_frames([*template(56870.8, keys=FLAT), *science(), *biases[:3]], {})
+    now = [10.0]
+    planner = make_planner(registry, now)
+    (first,) = idle(planner)
+    assert len(first.payload.inputs) == 3
+    registry.record_frames(biases[3:], {})
+    for f in biases[3:]:
+        planner.handle(registered(f), 1)
+    now[0] = 20.0
+    (second,) = idle(planner)
+    assert second.type == "work.bias" and len(second.payload.inputs) == 5
+    flats = {j.order["needs"][0]: j for j in registry.jobs() if j.stage == "flat"}
+    old = flats[first.payload.job_key]
+    assert old.state == "superseded" and "no longer" in old.reason
+    planner.handle(finished(registry.job(first.payload.job_key), "succeeded"), 1)
+    assert idle(planner) == []  # the first flat is not issued
+    planner.handle(finished(registry.job(second.payload.job_key), "succeeded"), 1)
+    (flat,) = idle(planner)
+    assert flat.payload.needs == (second.payload.job_key,)
+
+
+def arriving_until(planner, now, frame, end: float) -> list[Envelope]:
+    """A frame announced every 2 s up to ``end``: what idle() issued meanwhile."""
+    issued = []
+    while now[0] < end:
+        planner.handle(registered(frame), 1)
+        issued += idle(planner)
+        now[0] += 2
+    return issued
+
+
+def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_grow(
+        tmp_path, template, science):
+    """A bulk upload: frames arrive for longer than plan_max_wait_s.  The complete bias
+    template is planned and issued meanwhile.  With a closer one of 3 of 4 frames, which would
+    be chosen once complete, nothing is planned while frames arrive; once they stop, the
+    complete template is (a complete template goes before a closer incomplete one)."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    complete, flats, sci = template(56870.70), template(56870.8, keys=FLAT), science()
+    registry.record_frames([*complete, *flats, *sci], {})
+    now = [0.0]
+    planner = make_planner(registry, now)
+    (bias,) = arriving_until(planner, now, sci[0], 70)  # issued at 60 s, frames arriving
+    assert {i.path for i in bias.payload.inputs} == {f.path for f in complete}
+    assert idle(planner) == []  # within the quiet period
+    now[0] += 10
+    assert idle(planner) == []  # planned once more, quiet: the same jobs, none issued twice
+
+    registry = Registry(f"sqlite:///{tmp_path / 'reg2.sqlite'}")
+    growing = template(56871.05, n=3, nexp=4)
+    registry.record_frames([*complete, *growing, *flats, *sci], {})
+    now[0] = 0.0
+    planner = make_planner(registry, now)
+    assert arriving_until(planner, now, sci[0], 70) == []
+    assert any("waiting for BIAS" in d and "frames are still arriving" in d
+               for d in registry.decisions())
+    now[0] += 10
+    (bias,) = idle(planner)
+    assert {i.path for i in bias.payload.inputs} == {f.path for f in complete}

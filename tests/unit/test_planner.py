@@ -83,6 +83,41 @@ def test_incomplete_template_used_only_as_degraded(plan, template, science):
     assert any("DEGRADED:" in d for d in p.decisions)
 
 
+def test_prompt_mode_waits_for_a_template_that_may_still_grow(plan, template, science):
+    """The planner service plans while frames arrive: 3 of 4 biases taken 10 minutes ago are
+    not planned on (nor anything below them) until the fourth comes or an hour has passed;
+    after that, and in any plan not in prompt mode, they are used, marked DEGRADED."""
+    incomplete = template(56870.75, n=3, nexp=4)
+    frames = incomplete + template(56870.8, keys=FLAT) + science()
+    last = max(f.mjd for f in incomplete)
+    for kw, why in (({"now": last + 10 / 1440}, "its last frame was taken 10 min ago"),
+                    ({"now": last + 1, "arriving": True}, "frames are still arriving")):
+        p = plan(frames, **kw)
+        assert p.orders == [], kw
+        assert any(f"waiting for BIAS template {incomplete[0].tpl_start} (3/4 frames" in d
+                   and why in d for d in p.decisions), p.decisions
+    assert plan(frames, now=last + 10 / 1440).recheck == pytest.approx(last + 1 / 24)
+    for kw in ({"now": last + 61 / 1440}, {}):
+        p = plan(frames, **kw)
+        assert chosen(p, "bias") == {Path(f.path).name for f in incomplete}, kw
+        assert any("DEGRADED:" in d for d in p.decisions) and p.recheck is None
+
+
+def test_prompt_mode_waits_only_for_a_template_that_would_be_chosen(plan, template, science):
+    """A growing template farther from the science than a complete one changes nothing; one
+    closer makes the cascade wait, though a complete template of the day before exists."""
+    flats, sci = template(56870.8, keys=FLAT), science()
+    complete, growing = template(56871.05), template(56871.2, n=3, nexp=4)
+    now = max(f.mjd for f in growing) + 5 / 1440
+    p = plan(complete + growing + flats + sci, now=now)
+    assert chosen(p, "bias") == {Path(f.path).name for f in complete}
+    day_before = template(56869.9)  # its night, without science, gets its own calibrations
+    p = plan(day_before + growing + flats + sci, now=now)
+    assert any("waiting for BIAS" in d for d in p.decisions)
+    assert chosen(p, "bias") == {Path(f.path).name for f in day_before}
+    assert not [o for o in p.orders if o.stage == "scibasic"]
+
+
 def test_too_few_frames_means_no_job(plan, template, science):
     two = template(56870.75, n=2)
     p = plan(two + template(56870.8, keys=FLAT) + science())

@@ -137,6 +137,23 @@ def test_dependents_and_states(db_url):
     reg.close()
 
 
+def test_jobs_a_plan_no_longer_holds_are_superseded_and_come_back_when_held(db_url):
+    """Only the plan's nights, only jobs not issued yet; held again, a job waits again."""
+    reg = Registry(db_url)
+    a, b, c, d, e = map(job_key, "abcde")
+    other = order(e).model_copy(update={"night": "2014-08-20"})
+    reg.record_orders([order(a), order(b), order(c), order(d), other])
+    reg.set_state(c, "queued")
+    reg.set_state(d, "blocked", "upstream failed")
+    assert sorted(reg.supersede({"2014-08-01"}, [a], "frames arrived")) == [b, d]
+    assert reg.states([a, b, c, d, e]) == {a: "planned", b: "superseded", c: "queued",
+                                           d: "superseded", e: "planned"}
+    assert reg.job(b).reason == "frames arrived"
+    assert reg.supersede(None, [a, b, d], "again") == [e]  # every night
+    assert reg.states([b, d, e]) == {b: "planned", d: "planned", e: "superseded"}
+    reg.close()
+
+
 def test_qc_history_by_stage_ifu_and_nights(db_url):
     """What QC trending reads: the QC of products by night, stage and IFU (0: all IFUs),
     judged the same from SQLite and PostgreSQL."""

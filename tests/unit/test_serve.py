@@ -64,3 +64,20 @@ def test_a_file_name_no_object_key_may_hold_is_skipped_with_the_reason(store, tm
     assert submit(kit, Settings.load({}), report=said.append) == 1
     assert any("skipped 'bad\\\\name.fits'" in line for line in said)
     assert [k.rsplit("/", 1)[1] for k in store.announced] == ["geometry_table_wfm.fits"]
+
+
+def test_static_calibrations_then_the_cascade_s_frames_are_uploaded_first(store, tmp_path,
+                                                                         make_frame):
+    """Names sort the science first here; the biases the cascade starts from go first."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, keys in (("a_object.fits", {"DPR.CATG": "SCIENCE", "DPR.TYPE": "OBJECT",
+                                          "TPL.ID": "MUSE_wfm_obs_genericoffset"}),
+                       ("b_flat.fits", {"DPR.TYPE": "FLAT,LAMP",
+                                        "TPL.ID": "MUSE_wfm_cal_specflat"}),
+                       ("c_bias.fits", {})):
+        make_frame(keys, name=name).rename(raw / name)
+    geometry_table().writeto(raw / "z_geometry.fits")
+    assert submit(raw, Settings.load({}), report=lambda _: None) == 4
+    assert [k.rsplit("/", 1)[1] for k in store.announced] == [
+        "z_geometry.fits", "c_bias.fits", "b_flat.fits", "a_object.fits"]
