@@ -156,7 +156,7 @@ def test_worker_refuses_an_input_that_is_no_object_key(worker, path):
 
 def make_planner(registry: Registry, now: list[float]) -> Planner:
     """A planner on ``registry`` whose clock reads ``now[0]``."""
-    settings = Settings.load({"MUSEDRP_PLAN_QUIET_S": "5"})
+    settings = Settings.load({"MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_PLAN_MAX_WAIT_S": "30"})
     return Planner(registry, settings, "2.8.7", LOG, clock=lambda: now[0])
 
 
