@@ -21,13 +21,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 from musedrp import esorex, metrics, qctrend, service
 from musedrp.broker import Handler
 from musedrp.errors import DataError, NoWork
+from musedrp.frames import datetime_to_mjd
 from musedrp.messages import Envelope, ProductCreated, WorkOrder, night_correlation
 from musedrp.planner import SEARCH_DAYS, plan_night
 from musedrp.registry import OK_STATES, WAITING, Registry, unavailable_is_transient, utc_now
@@ -41,7 +42,7 @@ T = TypeVar("T")
 
 
 def mjd_now() -> float:
-    return time.time() / 86400 + 40587.0  # the Unix epoch is MJD 40587
+    return datetime_to_mjd(datetime.now(UTC))
 
 
 def checked(night: str) -> str:

@@ -333,6 +333,11 @@ def mjd_to_datetime(mjd: float) -> datetime:
     return MJD_EPOCH + timedelta(days=mjd)
 
 
+def datetime_to_mjd(t: datetime) -> float:
+    """``t`` (UTC; naive or aware) as an MJD."""
+    return (t.replace(tzinfo=None) - MJD_EPOCH).total_seconds() / 86400
+
+
 def _night(mjd: float) -> str:
     return night_of(mjd_to_datetime(mjd)).isoformat()
 

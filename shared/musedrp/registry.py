@@ -157,6 +157,14 @@ def _in(session: Session, query, column, values: list, chunk: int = 500,
             for row in fetch(session, query.where(column.in_(values[i:i + chunk])))]
 
 
+def _set_states(session: Session, keys: Sequence[str], state: str, reason: str,
+                chunk: int = 500) -> None:
+    """The jobs ``keys`` to ``state`` with ``reason``, one statement per ``chunk`` keys."""
+    for i in range(0, len(keys), chunk):
+        session.execute(update(JobRow).where(JobRow.key.in_(keys[i:i + chunk]))
+                        .values(state=state, reason=reason))
+
+
 def _near(nights: Iterable[str], days: float):
     """Where a frame's night is within ``days`` of one of ``nights`` (one range of the indexed
     column per run of close nights)."""
@@ -276,10 +284,8 @@ class Registry:
             gone = [k for k in s.scalars(q) if k not in held]
             back = _in(s, select(JobRow.key).where(JobRow.state == "superseded"), JobRow.key,
                        list(held))
-            for keys, state, why in ((gone, "superseded", reason), (back, "planned", "")):
-                for start in range(0, len(keys), 500):
-                    s.execute(update(JobRow).where(JobRow.key.in_(keys[start:start + 500]))
-                              .values(state=state, reason=why))
+            _set_states(s, gone, "superseded", reason)
+            _set_states(s, back, "planned", "")
         return gone
 
     def record_decisions(self, nights: Iterable[str] | None, decisions: Iterable[str]) -> None:
@@ -319,9 +325,7 @@ class Registry:
         if state not in JOB_STATES:
             raise ValueError(f"unknown job state {state!r}")
         with Session(self.engine) as s, s.begin():
-            for start in range(0, len(keys), 500):
-                s.execute(update(JobRow).where(JobRow.key.in_(keys[start:start + 500]))
-                          .values(state=state, reason=""))
+            _set_states(s, keys, state, "")
 
     def record_products(self, job_key: str, ifu: int | None,
                         products: Iterable[tuple[str, str, dict[str, Any]]]) -> None:
