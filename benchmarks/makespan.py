@@ -3,16 +3,17 @@
     .venv/bin/python benchmarks/makespan.py RAW [--reps 1] [--paths embedded,services,...]
 
 (a) ``musedrp reduce RAW`` on every core; (b) the services as ``musedrp serve`` starts them
-(ingest, planner, a worker per core for each per-IFU stage, one per merging stage, all
-sharing the machine's cores and memory through admission.py and the objects they move
-through one cache on the machine's scratch disk) on a RabbitMQ vhost, a ``weed mini`` S3
+(ingest, planner, a worker per core and a spare for each per-IFU stage, one per merging
+stage, all sharing the machine's cores and memory through admission.py and the objects they
+move through one cache on the machine's scratch disk) on a RabbitMQ vhost, a ``weed mini`` S3
 server and a PostgreSQL database of their own, timed from the first upload to the last job
-finished; (c) the same without the cache (``MUSEDRP_CACHE_GB=0``).  All get the same memory
+finished; (c) the same without the cache (``MUSEDRP_CACHE_GB=0``); (d) the archive's case: the
+frames put into the bucket before the clock starts, then announced.  All get the same memory
 budget.  Repetitions rotate which path runs first.  The workers' logs give the bytes they
 downloaded and the inputs they linked from the cache instead.  Each job's recipe interval
 (its manifest's end time less its wall time) gives every path's timeline: where cores stood
 idle, and which stage ran when.
-Writes ``results/makespan.{md,json,png}``.
+Writes ``results/makespan.{md,json,png}`` (``--name`` another stem).
 """
 
 import argparse
@@ -37,7 +38,9 @@ from musedrp.storage import S3Store
 from common import fresh_services, worker_logs, write_results
 
 DONE = ("succeeded", "cached", "failed", "skipped", "superseded")
-PATHS = {"embedded": None, "services": "8", "services-nocache": "0"}  # path: cache GB
+# path: (the workers' cache in GB, frames in the bucket before the clock starts)
+PATHS = {"embedded": None, "services": ("8", False), "services-nocache": ("0", False),
+         "services-preloaded": ("8", True)}
 
 
 def interval(manifest: dict, start: datetime) -> dict:
@@ -72,15 +75,18 @@ def embedded(raw: Path, work: Path, memory_gb: float) -> dict:
             "timeline": [interval(m, start) for m in manifests]}
 
 
-def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str) -> dict:
+def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str,
+             preloaded: bool) -> dict:
     with fresh_services(work, memory_gb=str(memory_gb), plan_quiet_s="5", cache_gb=cache_gb,
                         admission=str(work / "admission.json")) as (_, s, fleet, registry):
         ncpus = len(os.sched_getaffinity(0))
         for name, service in instances(SERVICES, ncpus):
             fleet.start(name, service=service)
+        if preloaded:  # an archive's frames: in the bucket already, announced at the start
+            submit(raw, s, report=lambda _: None, announce=False)
         time.sleep(5)  # start-up checks are not what we measure
         start, t0 = datetime.now(UTC), time.monotonic()
-        submit(raw, s, report=lambda _: None)
+        submit(raw, s, report=lambda _: None, upload=not preloaded)
         uploaded = time.monotonic() - t0
         while True:
             found = registry.jobs()
@@ -112,6 +118,7 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=1)
     p.add_argument("--paths", default=",".join(PATHS),
                    help="of %(default)s; the first is the reference of the ratios")
+    p.add_argument("--name", default="makespan", help="the results' file stem")
     p.add_argument("--memory", type=float, default=None,
                    help="the memory budget of both paths (default 85 %% of what is available)")
     args = p.parse_args()
@@ -126,7 +133,7 @@ def main() -> int:
             work = Path(tempfile.mkdtemp(prefix="musedrp-makespan-"))
             try:
                 rec = (embedded(args.raw, work, memory_gb) if PATHS[path] is None
-                       else services(args.raw, work, memory_gb, jobs, PATHS[path]))
+                       else services(args.raw, work, memory_gb, jobs, *PATHS[path]))
             finally:
                 shutil.rmtree(work, ignore_errors=True)
             records.append({"rep": rep, "path": path, **rec})
@@ -161,10 +168,11 @@ def main() -> int:
     axes[0].legend([handles[st] for st in stages if st in handles],
                    [st for st in stages if st in handles], fontsize=7, ncol=4)
     axes[-1].set_xlim(left=0)
-    axes[-1].set_xlabel("seconds since the start (services: the first upload)")
+    axes[-1].set_xlabel("seconds since the start (services: the first upload or announcement)")
     notes = [f"{jobs} jobs planned for `{args.raw}`; memory budget {memory_gb:.1f} GB for every "
              "path. Services: wall from the first upload (included) to every job finished; "
-             "'after upload': from the last frame announced.",
+             "'after upload': from the last frame announced; preloaded: from the first "
+             "announcement (the frames in the bucket before).",
              *(f"**{path} / {paths[0]} makespan: median {statistics.median(r):.3f}** "
                f"({', '.join(f'{x:.3f}' for x in r)})." for path, r in ratios.items()),
              "Timelines from the manifests: a job's interval ends when its manifest was written "
@@ -173,7 +181,7 @@ def main() -> int:
              "first recipe started. 'downloaded': the bytes the workers fetched from S3 "
              "(ranged GETs included); 'from cache': inputs linked from the machine's cache "
              "instead, of all inputs."]
-    print(write_results("makespan", "Makespan: embedded against the services on one machine",
+    print(write_results(args.name, "Makespan: embedded against the services on one machine",
                         notes, ["rep", "path", "jobs", "wall [s]", "ratio", "recipes [s]",
                                 "upload [s]", "after upload [s]", "downloaded [GB]",
                                 "from cache", "cores busy", "first recipe [s]"],

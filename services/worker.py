@@ -12,6 +12,7 @@ import logging
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ from musedrp.admission import SharedPool
 from musedrp.broker import Handler
 from musedrp.errors import DataError, Transient
 from musedrp.localcache import LocalCache
-from musedrp.messages import Envelope, JobFinished, ProductCreated, WorkOrder
+from musedrp.messages import Envelope, InputFile, JobFinished, ProductCreated, WorkOrder
 from musedrp.provenance import ERROR_FILE, MANIFEST
 from musedrp.settings import Settings
 from musedrp.stages import product_tag
 from musedrp.topology import BY_NAME, Stage, work_key
+
+FETCH_THREADS = 4  # inputs downloaded at once: a job's dozen frames wait on S3, not a core
 
 
 class StageWorker(Handler):
@@ -92,9 +95,9 @@ class StageWorker(Handler):
             self.pool.interrupt()
 
     def _download(self, order: WorkOrder, root: Path) -> WorkOrder:
-        """Every input into its own folder (names kept: esorex products cite them); of a raw
-        frame whose order names byte ranges, only those (its primary HDU and the IFU's
-        extension, see :mod:`musedrp.ifuslice`).
+        """Every input into its own folder (names kept: esorex products cite them), up to
+        ``FETCH_THREADS`` at once; of a raw frame whose order names byte ranges, only those
+        (its primary HDU and the IFU's extension, see :mod:`musedrp.ifuslice`).
 
         Raises
         ------
@@ -102,21 +105,24 @@ class StageWorker(Handler):
             An input's path is not an object key (absolute, ``..``, control characters), or
             its ranges do not give the IFU's extension.
         """
-        inputs, fetched, sliced, cached = [], 0, 0, 0
-        for i, f in enumerate(order.inputs):
+        inputs = []
+        for i, f in enumerate(order.inputs):  # every path checked before anything is fetched
             try:
                 key = storage.check_key(f.path)
             except ValueError as err:
                 raise DataError(f"input {i + 1} ({f.tag}): {err}") from err
             dest = storage.under(root, root / f"{i:03d}" / key.rpartition("/")[2])
-            if f.ranges:
-                fetched += ifuslice.fetch(self.store, key, f, dest)
-                sliced += 1
-            elif n := self.store.get_file(key, dest):
-                fetched += n
-            else:
-                cached += 1
-            inputs.append(f.model_copy(update={"path": str(dest)}))
+            inputs.append((f, key, dest))
+
+        def fetch(f: InputFile, key: str, dest: Path) -> int:
+            return (ifuslice.fetch(self.store, key, f, dest) if f.ranges
+                    else self.store.get_file(key, dest))
+
+        with ThreadPoolExecutor(FETCH_THREADS) as threads:
+            got = list(threads.map(lambda args: fetch(*args), inputs))
+        fetched = sum(got)
+        sliced = sum(1 for f in order.inputs if f.ranges)
+        cached = sum(1 for f, n in zip(order.inputs, got, strict=True) if not f.ranges and not n)
         metrics.INPUT_BYTES.labels(self.name).inc(fetched)
         whole = sum(1 for f in order.inputs if f.ifu and not f.ranges)
         self.log.info("%s: %d bytes fetched for %d inputs, %d raw frame(s) by ranged GETs of "
@@ -124,7 +130,9 @@ class StageWorker(Handler):
                       len(inputs), sliced, cached, f", {whole} raw frame(s) whole: no byte "
                       "ranges in the order" if whole else "")
         timeout = self.settings.timeout_s or order.timeout_s
-        return order.model_copy(update={"inputs": tuple(inputs), "timeout_s": timeout})
+        return order.model_copy(update={"inputs": tuple(f.model_copy(update={"path": str(dest)})
+                                                         for f, _, dest in inputs),
+                                        "timeout_s": timeout})
 
     def _events(self, env: Envelope, order: WorkOrder, manifest: dict[str, Any], outcome: str,
                 attempt: int) -> list[Envelope]:

@@ -156,9 +156,10 @@ class Planner(Handler):
 
     def idle(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Collect a finished planning, start the next one (one at a time, in its thread)
-        once frames stop arriving or have arrived for ``plan_max_wait_s``, and issue what
-        may run.  A plan made while frames arrive waits for every incomplete template, and is
-        made again once they stop; one that waited for a template taken minutes ago is made
+        once frames pause (``plan_quiet_s``) or have arrived for ``plan_max_wait_s``, and
+        issue what may run.  A plan made while frames arrive (the last came less than
+        ``plan_max_wait_s`` ago) waits for every incomplete template, and is made again once
+        they have stopped for that long; one that waited for a template taken minutes ago is made
         again when that template stops growing (``planner.GROWING_DAYS``).  What fails is
         kept (the touched nights, the jobs due) and raised: the consumer calls again later."""
         with unavailable_is_transient():
@@ -174,7 +175,10 @@ class Planner(Handler):
                     self.recheck = min(when, recheck), nights | touched
             now = self.clock()
             quiet = now - self.last_frame >= self.settings.plan_quiet_s
-            if quiet:
+            # a pause of the quiet period inside an upload is no end of it: frames count as
+            # arriving until none has come for the whole wait
+            arriving = now - self.last_frame < self.settings.plan_max_wait_s
+            if not arriving:
                 self.touched |= self.provisional
                 self.provisional = set()
             if self.recheck is not None and mjd_now() >= self.recheck[0]:
@@ -182,10 +186,10 @@ class Planner(Handler):
                 self.recheck = None
             overdue = now - self.waiting_since >= self.settings.plan_max_wait_s
             if self.planning is None and self.touched and (quiet or overdue):
-                if not quiet:
+                if arriving:
                     self.provisional |= self.touched
                 self.planning = self.touched, in_thread(
-                    functools.partial(self.plan, self.touched, arriving=not quiet))
+                    functools.partial(self.plan, self.touched, arriving=arriving))
                 self.touched, self.waiting_since = set(), math.inf
             if self.due or self.finished:
                 self.issue(publish)

@@ -358,6 +358,7 @@ class Night:
     ref: float
     statics: dict[Tag, tuple[Frame | None, str]] = field(default_factory=dict)
     resolved: dict[tuple, tuple[RecipeParams, dict]] = field(default_factory=dict)
+    waiting: bool = False  # for skyflats that may still arrive: the science is not planned
 
     @property
     def where(self) -> str:
@@ -567,6 +568,12 @@ def plan_twilight(n: Night, cal, illum: Frame | None) -> WorkOrder | None:
     for f in skyflats:
         if f.night != chosen_night:
             plan.note(f, f"skyflat of night {f.night}: night {chosen_night} is closer")
+    for t in templates(pool):
+        if why := plan.growing(t):
+            n.decide(f"waiting for {t}: it may still grow ({why}); the twilight cube and what "
+                     "needs it are planned once it is complete or has stopped growing")
+            n.waiting = True
+            return None
     # the cap counts every raw frame the job reads: the ILLUM is one more (MUSE.md §9)
     n_ifus = len(n.ifus)
     room = (len(pool) + 1 if n.memory_gb is None  # no budget: all of them and the ILLUM
@@ -660,6 +667,10 @@ def plan_night(frames: Sequence[Frame], out_root: Path, version: str,
             continue
         illum = choose_illum(n, min(sci, key=lambda f: (abs(f.mjd - n.ref), f.mjd)))
         twilight = plan_twilight(n, cal, illum)
+        if n.waiting:
+            for f in sci:
+                plan.note(f, "not planned yet: its twilight's skyflats may still arrive")
+            continue
         plan_science(n, cal, twilight)
     plan_calibration_nights(plan, calib_only, out_root, version, ifus, overrides or {},
                             memory_gb)

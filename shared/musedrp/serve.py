@@ -177,13 +177,15 @@ def _create_bucket(store: S3Store, timeout_s: float = 30.0) -> None:
 
 
 def instances(services: Iterable[str], ncpus: int) -> list[tuple[str, str]]:
-    """(process name, service) pairs: a worker per core for a per-IFU stage, so that its IFUs
-    run side by side; one for ingest, the planner and a merging stage (which widens instead).
+    """(process name, service) pairs: a worker per core and one more for a per-IFU stage, so
+    that its IFUs run side by side and its next order is fetched and waiting for a core
+    (ranked) while they run; one for ingest, the planner and a merging stage (which widens
+    instead).
     """
     out = []
     for service in services:
         stage = BY_NAME.get(service)
-        n = ncpus if stage is not None and not stage.spec.multicore else 1
+        n = ncpus + 1 if stage is not None and not stage.spec.multicore else 1
         out += [(service if i == 0 else f"{service}.{i + 1}", service) for i in range(n)]
     return out
 
@@ -227,19 +229,26 @@ def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
 
 
 def upload_rank(frame) -> int:
-    """Static calibrations, then raw frames in the order the cascade uses them, then the rest."""
+    """Static calibrations; then the frames that decide what a night needs (science, sky,
+    standard, astrometric field, ILLUM: a plan made while the rest arrives is the night's,
+    not that of a night of calibrations alone); then the calibrations in the order the
+    cascade uses them; then the rest."""
     from musedrp.tags import STATIC_TAGS, Tag
 
-    cascade = (Tag.BIAS, Tag.FLAT, Tag.ARC, Tag.ARC_LSF, Tag.SKYFLAT, Tag.ILLUM, Tag.STD,
-               Tag.ASTROMETRY, Tag.SKY, Tag.OBJECT)
+    cascade = (Tag.OBJECT, Tag.SKY, Tag.STD, Tag.ASTROMETRY, Tag.ILLUM, Tag.BIAS, Tag.FLAT,
+               Tag.ARC, Tag.ARC_LSF, Tag.SKYFLAT)
     if frame.tag in STATIC_TAGS:
         return 0
     return 1 + cascade.index(frame.tag) if frame.tag in cascade else len(cascade) + 1
 
 
-def submit(raw_dir: Path, s: Settings, report=print) -> int:
+def submit(raw_dir: Path, s: Settings, report=print, upload: bool = True,
+           announce: bool = True) -> int:
     """Do what the observatory's ingest does: upload each raw file, then announce it; static
-    calibrations first, then the raw frames in the order the cascade reads them.
+    calibrations first, then the frames that decide what the night needs, then its
+    calibrations in the order the cascade reads them.  ``upload=False`` announces files an
+    earlier call put into the bucket (``announce=False``): an archive's frames, there before
+    the reduction starts.
 
     Returns the number of files submitted.  A file is announced only after its upload; the
     announcement is confirmed by the broker before the next file.  Static calibrations are
@@ -255,8 +264,8 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
     paths = sorted(p for p in raw_dir.rglob("*") if p.name.lower().endswith(FITS_SUFFIXES))
     if not paths:
         raise ConfigError(f"no FITS files below {raw_dir}")
-    # what each file is (a static one's SHA-256 too), in the order the cascade reads them: the
-    # first jobs start while the rest uploads
+    # what each file is (a static one's SHA-256 too), in upload_rank's order: the first jobs
+    # start while the rest uploads
     frames = sorted(((classify_file(p), p) for p in paths), key=lambda fp: upload_rank(fp[0]))
     connection = broker.connect(s)
     try:
@@ -274,11 +283,13 @@ def submit(raw_dir: Path, s: Settings, report=print) -> int:
                 report(f"  skipped {path.name!r}: {err}")
                 continue
             night = frame.night
-            if not (static and store.exists(key)):
+            if upload and not (static and store.exists(key)):
                 store.put_file(path, key)
-            broker.publish(channel, Envelope(
-                type="frame.arrived", source="submit", correlation_id=night_correlation(night),
-                payload=FrameArrived(key=key, size=path.stat().st_size)))
+            if announce:
+                broker.publish(channel, Envelope(
+                    type="frame.arrived", source="submit",
+                    correlation_id=night_correlation(night),
+                    payload=FrameArrived(key=key, size=path.stat().st_size)))
             sent += 1
             if i % 10 == 0 or i == len(paths):
                 report(f"  [{i:>3}/{len(paths)}] {key}  (t+{time.monotonic() - t0:.0f} s)")

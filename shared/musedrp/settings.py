@@ -48,7 +48,7 @@ class Settings(BaseModel):
     retry_delays_s: tuple[int, ...] = (30, 120, 600)  # one delay queue each; then dead letter
     delivery_limit: int = 3  # redeliveries of a message whose worker died (OOM, SIGKILL)
     plan_quiet_s: float = 10.0  # the planner plans after this long without a new frame
-    plan_max_wait_s: float = 600.0  # ... or once frames have arrived this long without a plan
+    plan_max_wait_s: float = 30.0  # ... or once frames have arrived this long without a plan
     metrics_port: int = 0  # 0: no metrics server
     liveness_s: float = 120.0  # `musedrp health` fails once the consume loop is still this long
     log_format: str = Field("auto", pattern="^(auto|json|text)$")

@@ -164,7 +164,8 @@ def test_interrupt_ends_the_wait(pool):
     assert pool.held() == {}  # the wait left no claim behind
 
 
-def test_serve_starts_a_worker_per_core_for_per_ifu_stages():
+def test_serve_starts_a_worker_per_core_and_a_spare_for_per_ifu_stages():
     names = dict(instances(["ingest", "planner", "bias", "scipost", "standard"], 2))
     assert names == {"ingest": "ingest", "planner": "planner", "bias": "bias",
-                     "bias.2": "bias", "scipost": "scipost", "standard": "standard"}
+                     "bias.2": "bias", "bias.3": "bias", "scipost": "scipost",
+                     "standard": "standard"}

@@ -3,6 +3,7 @@ recipe, and the planner on a SQLite registry."""
 
 import errno
 import logging
+import threading
 import time
 from concurrent import futures
 from pathlib import Path
@@ -133,6 +134,24 @@ def test_a_full_disk_is_retried_not_dead_lettered_and_empties_the_cache(worker, 
     with pytest.raises(Transient, match=r"is full \(0.0 GB of cached objects removed\)"):
         worker.handle(order_envelope(), 1)
     assert list(worker.store.cache.root.iterdir()) == []
+
+
+def test_a_job_s_inputs_are_downloaded_side_by_side(worker, tmp_path):
+    """Three inputs: each download waits until the other two have started (one after the
+    other, the first would wait forever), and each lands in its own folder."""
+    keys = [f"raw/2014-08-01/r{i}.fits" for i in range(3)]
+    for i, key in enumerate(keys):
+        (tmp_path / "f").write_bytes(bytes([i]) * 10)
+        worker.store.put_file(tmp_path / "f", key)
+    together, get = threading.Barrier(3, timeout=10), worker.store.get_file
+    worker.store.get_file = lambda key, dest: (together.wait(), get(key, dest))[1]
+    calls = []
+    worker.compute = fake_compute(calls)
+    env = order_envelope()
+    inputs = tuple(InputFile(tag=Tag.BIAS, path=k) for k in keys)
+    (done, _) = worker.handle(env.model_copy(update={
+        "payload": env.payload.model_copy(update={"inputs": inputs})}), 1)
+    assert done.payload.outcome == "succeeded" and calls == [K1]
 
 
 def test_worker_refuses_an_order_of_another_stage(worker):
@@ -463,8 +482,9 @@ def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_gro
         tmp_path, template, science):
     """A bulk upload: frames arrive for longer than plan_max_wait_s.  The complete bias
     template is planned and issued meanwhile.  With a closer one of 3 of 4 frames, which would
-    be chosen once complete, nothing is planned while frames arrive; once they stop, the
-    complete template is (a complete template goes before a closer incomplete one)."""
+    be chosen once complete, nothing is planned while frames arrive, nor after a pause of the
+    quiet period; once none has come for plan_max_wait_s, the complete template is (a
+    complete template goes before a closer incomplete one)."""
     registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
     complete, flats, sci = template(56870.70), template(56870.8, keys=FLAT), science()
     registry.record_frames([*complete, *flats, *sci], {})
@@ -485,5 +505,7 @@ def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_gro
     assert any("waiting for BIAS" in d and "frames are still arriving" in d
                for d in registry.decisions())
     now[0] += 10
+    assert idle(planner) == []  # a pause of the quiet period: they may still be arriving
+    now[0] += 30
     (bias,) = idle(planner)
     assert {i.path for i in bias.payload.inputs} == {f.path for f in complete}

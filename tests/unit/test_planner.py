@@ -284,6 +284,24 @@ def test_skyflats_closest_in_time_that_fit_the_memory_budget(plan, template, sci
     assert any("left out: " in r and skyflats[0].name in r for r in twilight.reasons)
 
 
+def test_prompt_mode_waits_for_skyflats_that_may_still_arrive(plan, template, science):
+    """4 of 6 skyflats, the last taken 5 minutes ago: neither the twilight cube of 4 nor the
+    science without it is planned (each would be work the complete set replaces)."""
+    skyflats = template(56870.95, n=4, nexp=6, keys=SKYFLAT)
+    sci = science()
+    frames = [*template(56870.75), *template(56870.8, keys=FLAT), *skyflats, *sci]
+    now = max(f.mjd for f in skyflats) + 5 / 1440
+    p = plan(frames, now=now)
+    assert {o.stage for o in p.orders} == {"bias", "flat", "wavecal", "lsf"}
+    assert any(f"waiting for SKYFLAT template {skyflats[0].tpl_start} (4/6 frames" in d
+               and "5 min ago" in d for d in p.decisions), p.decisions
+    assert "skyflats may still arrive" in p.status(sci[0])[1][0]
+    for kw in ({"now": now + 1 / 24}, {}):  # stopped growing; not in prompt mode
+        (twilight,) = orders(plan(frames, **kw), "twilight")
+        assert [f.path for f in twilight.inputs if f.tag == Tag.SKYFLAT] == [
+            f.path for f in skyflats]
+
+
 def test_twilight_needs_ifu_1(plan, template, science):
     ifus = (2, 3)
     p = plan([*template(56870.75, ifus=ifus), *template(56870.8, keys=FLAT, ifus=ifus),

@@ -66,18 +66,32 @@ def test_a_file_name_no_object_key_may_hold_is_skipped_with_the_reason(store, tm
     assert [k.rsplit("/", 1)[1] for k in store.announced] == ["geometry_table_wfm.fits"]
 
 
-def test_static_calibrations_then_the_cascade_s_frames_are_uploaded_first(store, tmp_path,
-                                                                         make_frame):
-    """Names sort the science first here; the biases the cascade starts from go first."""
+def test_static_calibrations_the_science_then_the_cascade_s_frames_are_uploaded(
+        store, tmp_path, make_frame):
+    """Names sort the flat first here; the science goes first (a plan made meanwhile is a
+    science night's), then the biases the cascade starts from."""
     raw = tmp_path / "raw"
     raw.mkdir()
-    for name, keys in (("a_object.fits", {"DPR.CATG": "SCIENCE", "DPR.TYPE": "OBJECT",
-                                          "TPL.ID": "MUSE_wfm_obs_genericoffset"}),
-                       ("b_flat.fits", {"DPR.TYPE": "FLAT,LAMP",
+    for name, keys in (("a_flat.fits", {"DPR.TYPE": "FLAT,LAMP",
                                         "TPL.ID": "MUSE_wfm_cal_specflat"}),
-                       ("c_bias.fits", {})):
+                       ("b_bias.fits", {}),
+                       ("c_object.fits", {"DPR.CATG": "SCIENCE", "DPR.TYPE": "OBJECT",
+                                          "TPL.ID": "MUSE_wfm_obs_genericoffset"})):
         make_frame(keys, name=name).rename(raw / name)
     geometry_table().writeto(raw / "z_geometry.fits")
     assert submit(raw, Settings.load({}), report=lambda _: None) == 4
     assert [k.rsplit("/", 1)[1] for k in store.announced] == [
-        "z_geometry.fits", "c_bias.fits", "b_flat.fits", "a_object.fits"]
+        "z_geometry.fits", "c_object.fits", "b_bias.fits", "a_flat.fits"]
+
+
+def test_an_archive_s_frames_are_put_into_the_bucket_first_and_announced_later(
+        store, tmp_path, make_frame):
+    """``announce=False`` only uploads; ``upload=False`` only announces what is there."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name in ("a.fits", "b.fits"):
+        make_frame({}, name=name).rename(raw / name)
+    assert submit(raw, Settings.load({}), report=lambda _: None, announce=False) == 2
+    assert len(store.uploads) == 2 and store.announced == []
+    assert submit(raw, Settings.load({}), report=lambda _: None, upload=False) == 2
+    assert len(store.uploads) == 2 and store.announced == store.uploads
