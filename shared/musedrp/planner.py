@@ -274,8 +274,7 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
 
     growing = {id(t): why for t in degraded if (why := plan.growing(t))}
     if growing and id(wait := min(usable + degraded, key=of)) in growing:
-        n.decide(f"waiting for {wait}: it may still grow ({growing[id(wait)]}); what needs "
-                 "it is planned once it is complete or has stopped growing")
+        n.wait_for(wait, growing[id(wait)])
         return None
     degraded = [t for t in degraded if id(t) not in growing]
     pool = usable or degraded
@@ -366,6 +365,12 @@ class Night:
 
     def decide(self, text: str) -> None:
         self.plan.decisions.append(f"{self.where}: {text}")
+
+    def wait_for(self, t: Template, why: str) -> None:
+        """Say that what needs ``t``, which may still grow (``Plan.growing``: ``why``), is not
+        planned."""
+        self.decide(f"waiting for {t}: it may still grow ({why}); what needs it is planned "
+                    "once it is complete or has stopped growing")
 
     def order(self, stage: str, ifu: int | None, raw: Sequence[Frame],
               calibs: Sequence[tuple[WorkOrder, str]], statics: Sequence[Tag] = (),
@@ -570,8 +575,7 @@ def plan_twilight(n: Night, cal, illum: Frame | None) -> WorkOrder | None:
             plan.note(f, f"skyflat of night {f.night}: night {chosen_night} is closer")
     for t in templates(pool):
         if why := plan.growing(t):
-            n.decide(f"waiting for {t}: it may still grow ({why}); the twilight cube and what "
-                     "needs it are planned once it is complete or has stopped growing")
+            n.wait_for(t, why)
             n.waiting = True
             return None
     # the cap counts every raw frame the job reads: the ILLUM is one more (MUSE.md §9)

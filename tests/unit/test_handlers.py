@@ -138,7 +138,7 @@ def test_a_full_disk_is_retried_not_dead_lettered_and_empties_the_cache(worker, 
 
 def test_a_job_s_inputs_are_downloaded_side_by_side(worker, tmp_path):
     """Three inputs: each download waits until the other two have started (one after the
-    other, the first would wait forever), and each lands in its own folder."""
+    other, the first would wait until the barrier's timeout), and the recipe sees all three."""
     keys = [f"raw/2014-08-01/r{i}.fits" for i in range(3)]
     for i, key in enumerate(keys):
         (tmp_path / "f").write_bytes(bytes([i]) * 10)
