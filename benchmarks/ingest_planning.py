@@ -150,7 +150,7 @@ def planning(nights: list[int], tmp: Path) -> list[dict]:
                         "replan_one_frame_cpu_s": round(one_cpu_s, 2),
                         "replan_s": round(again_s, 2), "replan_one_frame_s": round(one_s, 2),
                         "replan_one_frame_nights": len(replanned),
-                        "replan_one_frame_jobs": len(planned),
+                        "replan_one_frame_jobs": len(planned.keys),
                         "issue_one_finished_s": round(issue_s, 3)})
         print(records[-1], flush=True)
     return records

@@ -200,27 +200,30 @@ class Planner(Handler):
         arrive); record the new jobs, supersede those the plan no longer holds, and record
         the status of the touched nights' frames (those of other nights may serve nights not
         planned here).  Runs in the planning thread."""
+        with collector_paused():  # the plan's objects are freed when ``_plan`` returns
+            return self._plan(touched, arriving)
+
+    def _plan(self, touched: set[str], arriving: bool) -> Planned:
         nights = None if ALL in touched else self.registry.nights(touched, SEARCH_DAYS)
-        with collector_paused():
-            frames = self.registry.load_frames(nights, SEARCH_DAYS)
-            try:
-                plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
-                                  memory_gb=self.settings.memory_gb, nights=nights,
-                                  now=mjd_now(), arriving=arriving)
-            except NoWork as err:
-                self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames),
-                              err)
-                return Planned([], None)
-            new = self.registry.record_orders(plan.orders)
-            gone = self.registry.supersede(  # jobs of frames that more frames have replaced
-                None if nights is None else self.settled(nights),
-                [o.job_key for o in plan.orders],
-                f"no longer planned: the plan of {utc_now():%Y-%m-%d %H:%M:%S} UTC holds other "
-                "jobs (frames arrived since)")
-            self.registry.set_statuses({
-                f.path: (status, "; ".join(why)) for f in plan.frames
-                if nights is None or f.night in touched for status, why in [plan.status(f)]})
-            self.registry.record_decisions(nights, plan.decisions)
+        frames = self.registry.load_frames(nights, SEARCH_DAYS)
+        try:
+            plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
+                              memory_gb=self.settings.memory_gb, nights=nights,
+                              now=mjd_now(), arriving=arriving)
+        except NoWork as err:
+            self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames),
+                          err)
+            return Planned([], None)
+        new = self.registry.record_orders(plan.orders)
+        gone = self.registry.supersede(  # jobs of frames that more frames have replaced
+            None if nights is None else self.settled(nights),
+            [o.job_key for o in plan.orders],
+            f"no longer planned: the plan of {utc_now():%Y-%m-%d %H:%M:%S} UTC holds other "
+            "jobs (frames arrived since)")
+        self.registry.set_statuses({
+            f.path: (status, "; ".join(why)) for f in plan.frames
+            if nights is None or f.night in touched for status, why in [plan.status(f)]})
+        self.registry.record_decisions(nights, plan.decisions)
         self.log.info("planned %s from %d frame(s): %d job(s), %d new, %d superseded",
                       "every night" if nights is None else f"{len(nights)} night(s)",
                       len(frames), len(plan.orders), len(new), len(gone))

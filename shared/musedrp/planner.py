@@ -15,13 +15,14 @@ or why not, every choice with a decision.
 import hashlib
 import json
 import math
+import os
 import re
 from bisect import bisect_left, bisect_right
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from statistics import fmean
 from typing import NamedTuple
@@ -196,25 +197,30 @@ class Plan:
     # master bias is read by a dozen orders.  (Pydantic validates an InputFile in half the
     # time ``model_construct`` takes to skip it.)
 
-    def _once(self, key: tuple, make: Callable[[], InputFile]) -> "Ident":
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = ident(make())
-        return found
-
     def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...],
                   per_ifu: bool) -> "Ident":
-        return self._once(("raw", f.path, ifu, ifus, per_ifu), lambda: InputFile(
-            tag=f.tag, path=f.path, ifu=ifu, datasum=",".join(f.datasums.get(i, "") for i in ifus),
-            ranges=ifu_ranges(f, ifu if per_ifu else None)))
+        key = ("raw", f.path, ifu, ifus, per_ifu)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(
+                tag=f.tag, path=f.path, ifu=ifu,
+                datasum=",".join(f.datasums.get(i, "") for i in ifus),
+                ranges=ifu_ranges(f, ifu if per_ifu else None)))
+        return found
 
-    def product_input(self, root: Path, u: WorkOrder, name: str) -> "Ident":
-        return self._once(("product", u.job_key, name),  # a job key names one order
-                          lambda: InputFile(tag=_tag(name), path=str(root / u.product_dir / name),
-                                            job_key=u.job_key))
+    def product_input(self, root: str, u: WorkOrder, name: str) -> "Ident":
+        key = ("product", u.job_key, name)  # a job key names one order
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(
+                tag=_tag(name), path=os.path.join(root, u.product_dir, name),
+                job_key=u.job_key))
+        return found
 
     def static_input(self, tag: Tag, f: Frame) -> "Ident":
-        return self._once(("static", tag, f.path),
-                          lambda: InputFile(tag=tag, path=f.path, datasum=f.checksum))
+        key = ("static", tag, f.path)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(tag=tag, path=f.path,
+                                                       datasum=f.checksum))
+        return found
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> WorkOrder:
         """The plan's order of ``order``'s job: ``order``, or the same job planned before
@@ -330,14 +336,28 @@ def ident(f: InputFile) -> Ident:
     return Ident(f, parts, '["' + '", "'.join(parts) + '"]' if plain else json.dumps(parts))
 
 
-def job_key(recipe: str, version: str, ifu: int | None, params: dict,
+def job_key(recipe: str, version: str, ifu: int | None, params: str,
             inputs: Iterable[Ident]) -> str:
     """Content-derived identity of a job: the SHA-256 of ``json.dumps([recipe, version, ifu,
-    params, sorted input parts], sort_keys=True, default=str)``, written with each input's
-    part (``ident``) encoded once."""
-    head = json.dumps([recipe, version, ifu, params], sort_keys=True, default=str)
+    params, sorted input parts], sort_keys=True, default=str)``, written with the parameters
+    (``params``: ``Resolved.text``) and each input's part (``ident``) encoded once."""
     tail = ", ".join(i.text for i in sorted(inputs, key=lambda i: i.parts))
-    return hashlib.sha256(f"{head[:-1]}, [{tail}]]".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{_head(recipe, version, ifu, params)}, [{tail}]]"
+                          .encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=4096)  # a stage's jobs share all of it but the IFU
+def _head(recipe: str, version: str, ifu: int | None, params: str) -> str:
+    return f"[{json.dumps(recipe)}, {json.dumps(version)}, {json.dumps(ifu)}, {params}"
+
+
+class Resolved(NamedTuple):
+    """A stage's parameters for a night: the model, its values, and their JSON as job keys
+    encode it."""
+
+    model: RecipeParams
+    values: dict
+    text: str
 
 
 @dataclass
@@ -356,7 +376,7 @@ class Night:
     memory_gb: float | None
     ref: float
     statics: dict[Tag, tuple[Frame | None, str]] = field(default_factory=dict)
-    resolved: dict[tuple, tuple[RecipeParams, dict]] = field(default_factory=dict)
+    resolved: dict[tuple, Resolved] = field(default_factory=dict)
     waiting: bool = False  # for skyflats that may still arrive: the science is not planned
 
     @property
@@ -378,10 +398,11 @@ class Night:
               params: dict | None = None) -> WorkOrder:
         """``params``: the planner's choice for this job (the user's overrides win)."""
         spec = BY_NAME[stage].spec
-        model, params = self.params(stage, params)
+        model, params, text = self.params(stage, params)
         plan, ifus = self.plan, (ifu,) if ifu else tuple(self.ifus)
         inputs = [plan.raw_input(f, ifu, ifus, spec.per_ifu) for f in raw]
-        inputs += [plan.product_input(self.out_root, u, name) for u, name in calibs]
+        root = str(self.out_root) if self.out_root.parts else ""  # services: keys
+        inputs += [plan.product_input(root, u, name) for u, name in calibs]
         inputs += [plan.static_input(tag, self.statics[tag][0]) for tag in statics]
         # where a job writes follows from its frames, as its key does: planned again from
         # another night's or setup's cascade (or in another plan), it is the same place
@@ -391,7 +412,7 @@ class Night:
         # night's orders); whoever decodes an order validates it
         order = WorkOrder.model_construct(
             stage=stage, recipe=spec.recipe,
-            job_key=job_key(spec.recipe, self.version, ifu, params, inputs),
+            job_key=job_key(spec.recipe, self.version, ifu, text, inputs),
             night=night, setup=setup, ifu=ifu, inputs=tuple(i.file for i in inputs),
             params=params,
             memory_gb=spec.memory_for(model).estimate_gb(len(raw), n_ifus),
@@ -402,12 +423,14 @@ class Night:
         )
         return self.plan.add(order, [*raw, *(self.statics[t][0] for t in statics)])
 
-    def params(self, stage: str, chosen: dict | None = None) -> tuple[RecipeParams, dict]:
-        """The stage's resolved parameters (model and dict), once per night and choice."""
+    def params(self, stage: str, chosen: dict | None = None) -> Resolved:
+        """The stage's resolved parameters, once per night and choice."""
         key = (stage, *sorted((chosen or {}).items()))
         if key not in self.resolved:
             model = BY_NAME[stage].spec.params(**(chosen or {}) | self.overrides.get(stage, {}))
-            self.resolved[key] = model, model.model_dump()
+            values = model.model_dump()
+            self.resolved[key] = Resolved(model, values,
+                                          json.dumps(values, sort_keys=True, default=str))
         return self.resolved[key]
 
     def static(self, tag: Tag, required: bool = True) -> bool:
@@ -805,7 +828,7 @@ def choose_sky(n: Night, exposure: Frame, skies: Sequence[Frame], pixtables, flu
     sky = min(skies, key=lambda f: (abs(f.mjd - exposure.mjd), f.mjd, f.arcfile), default=None)
     if sky is None:
         return "model", [], (f"sky: model, fitted to the darkest "
-                             f"{n.params('scipost')[0].skymodel_fraction:.0%} of "
+                             f"{n.params('scipost').model.skymodel_fraction:.0%} of "
                              f"the field: no SKY exposure of this setup on night {n.night}")
     tables = [_product(o, Tag.PIXTABLE_SKY) for o in pixtables[sky.path].values()]
     model = n.order("sky", None, [], [*tables, *flux, *lsf],
@@ -869,7 +892,7 @@ def plan_combination(n: Night, objects: Sequence[Frame], cubes: dict[str, WorkOr
 def plan_cube(n: Night, what: str, inputs, statics, why: str, size: int) -> None:
     """muse_exp_combine of ``size`` IFU-exposures: one job if it fits the memory budget, else
     the fewest wavelength pieces that each fit, and the stitch (``musedrp.pieces``)."""
-    model, _ = n.params("combine")
+    model = n.params("combine").model
     memory = BY_NAME["combine"].spec.memory_for(model)
     whole = memory.estimate_gb(0, size)
     count = pieces.count(lambda f: n.memory_gb is None

@@ -16,7 +16,7 @@ class Stage:
     name: str
     needs: tuple[str, ...]
 
-    @property
+    @functools.cached_property  # planning a year asks 80 000 times
     def spec(self) -> StageSpec:
         return importlib.import_module(f"musedrp.services.{self.name}.spec").SPEC
 

@@ -186,7 +186,7 @@ def test_job_key_depends_on_content_not_order(plan, template, science):
     assert c.orders[0].job_key != a.orders[0].job_key
     assert c.orders[0].params["combine"] == "median"
     assert c.orders[1].job_key != a.orders[1].job_key  # the flat's bias changed too
-    assert job_key("muse_bias", "2.8.7", 1, {}, []) != job_key("muse_bias", "2.8.8", 1, {}, [])
+    assert job_key("muse_bias", "2.8.7", 1, "{}", []) != job_key("muse_bias", "2.8.8", 1, "{}", [])
 
 
 def test_job_key_is_the_hash_of_its_documented_content(plan, template, science):

@@ -1,5 +1,7 @@
 """The registry on SQLite and on the machine's PostgreSQL."""
 
+from datetime import datetime, timedelta
+
 import pytest
 from sqlalchemy import text
 
@@ -39,7 +41,12 @@ def test_frames_jobs_products_round_trip(db_url, make_frame):
     (row,) = reg.jobs("succeeded")
     assert (row.key, row.wall_s, row.peak_rss_bytes) == (job1, 30.5, 2_500_000_000)
     assert row.order["inputs"][0]["tag"] == "BIAS"
-    assert [j.key for j in reg.jobs("planned")] == [job2]
+    (planned,) = reg.jobs("planned")  # as the driver inserted it (``_add_rows``)
+    assert planned.key == job2 and WorkOrder.model_validate(planned.order) == order(job2, "flat")
+    assert (planned.stage, planned.ifu, planned.reason) == ("flat", 1, "")
+    # a time without a zone, as the ORM writes it (``set_state``): they are compared
+    assert planned.updated.tzinfo is None and row.updated.tzinfo is None
+    assert abs(planned.updated - datetime.now()) < timedelta(days=1)
 
     reg.record_products(job1, 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 1.5})])
     reg.record_products(job1, 1, [("/out/MASTER_BIAS-01.fits", "MASTER_BIAS", {"QC X": 2.5})])
