@@ -73,8 +73,8 @@ def main() -> int:
              "(part of the latency: the planner waits that long after the last frame). "
              "'recipe' is esorex's wall time inside the worker (registry `wall_s`), 'rest' "
              "the latency outside it: classification, the quiet period, planning, the "
-             "download of the 11 frames, upload of the products and the messages. The "
-             "machine was shared with other work: ratios are side by side, times noisy.",
+             "download of the 11 frames, upload of the products and the messages. Ratios "
+             "are side by side; times vary with the host's load.",
              "", f"Median: bare esorex {summary['median_esorex_s']:.1f} s, latency "
              f"{summary['median_latency_s']:.1f} s, ratio {summary['median_ratio']:.2f}."]
     print(write_results("prompt_latency", "Prompt latency: last bias in S3 to master stored",
