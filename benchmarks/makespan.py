@@ -150,7 +150,9 @@ def main() -> int:
              f"{busy(r['timeline']) / (ncpus * r['wall_s']):.0%}",
              first_start(r["timeline"])) for r in records]
     last = {r["path"]: r for r in records}  # the last repetition's timelines
-    fig, axes = plt.subplots(len(paths), 1, figsize=(10, 3.5 * len(paths)), sharex=True)
+    fig, grid = plt.subplots(len(paths), 1, figsize=(10, 3.5 * len(paths)), sharex=True,
+                             squeeze=False)
+    axes = grid[:, 0]  # one per path, one path too
     stages = sorted({j["stage"] for r in records for j in r["timeline"]},
                     key=lambda st: min(j["start_s"] for r in records for j in r["timeline"]
                                        if j["stage"] == st))
