@@ -197,30 +197,26 @@ class Plan:
     # master bias is read by a dozen orders.  (Pydantic validates an InputFile in half the
     # time ``model_construct`` takes to skip it.)
 
+    def _once(self, key: tuple, make: Callable[[], InputFile]) -> "Ident":
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(make())
+        return found
+
     def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...],
                   per_ifu: bool) -> "Ident":
-        key = ("raw", f.path, ifu, ifus, per_ifu)
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = ident(InputFile(
-                tag=f.tag, path=f.path, ifu=ifu,
-                datasum=",".join(f.datasums.get(i, "") for i in ifus),
-                ranges=ifu_ranges(f, ifu if per_ifu else None)))
-        return found
+        return self._once(("raw", f.path, ifu, ifus, per_ifu), lambda: InputFile(
+            tag=f.tag, path=f.path, ifu=ifu, datasum=",".join(f.datasums.get(i, "") for i in ifus),
+            ranges=ifu_ranges(f, ifu if per_ifu else None)))
 
     def product_input(self, root: str, u: WorkOrder, name: str) -> "Ident":
-        key = ("product", u.job_key, name)  # a job key names one order
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = ident(InputFile(
-                tag=_tag(name), path=os.path.join(root, u.product_dir, name),
-                job_key=u.job_key))
-        return found
+        return self._once(("product", u.job_key, name),  # a job key names one order
+                          lambda: InputFile(tag=_tag(name),
+                                            path=os.path.join(root, u.product_dir, name),
+                                            job_key=u.job_key))
 
     def static_input(self, tag: Tag, f: Frame) -> "Ident":
-        key = ("static", tag, f.path)
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = ident(InputFile(tag=tag, path=f.path,
-                                                       datasum=f.checksum))
-        return found
+        return self._once(("static", tag, f.path),
+                          lambda: InputFile(tag=tag, path=f.path, datasum=f.checksum))
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> WorkOrder:
         """The plan's order of ``order``'s job: ``order``, or the same job planned before
