@@ -127,6 +127,57 @@ def publish(channel, env: Envelope, routing_key: str | None = None) -> None:
             type=env.type, message_id=str(env.id), correlation_id=str(env.correlation_id)))
 
 
+class Announcer:
+    """Publishes one envelope at a time, persistent and confirmed, for a caller that does slow
+    work between messages (``submit`` uploads a file before announcing it).
+
+    Such a caller services no heartbeats meanwhile, so the broker may close the connection
+    under it.  The connection is opened when first needed, and opened again once when the
+    next publish finds it lost; a message whose confirm was lost with the connection is
+    published again (its consumer is idempotent).  Use as a context manager; ``connect``
+    connects on entering, so that a broker not there is found before the slow work."""
+
+    def __init__(self, settings: Settings, connect: bool = True) -> None:
+        self.settings = settings
+        self.eager = connect
+        self.connection: pika.BlockingConnection | None = None
+
+    def __enter__(self) -> "Announcer":
+        if self.eager:
+            self._open()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.connection is not None:
+            _close(self.connection)
+            self.connection = None
+
+    def __call__(self, env: Envelope) -> None:
+        """Raises ConfigError if the broker cannot be reached, or the connection is lost
+        twice for one message."""
+        for attempt in (1, 2):
+            try:
+                if self.connection is None:
+                    self._open()
+                self.connection.process_data_events(time_limit=0)  # a close meanwhile raises
+                publish(self.channel, env)
+                return
+            except (pe.AMQPConnectionError, pe.ChannelWrongStateError) as err:
+                _close(self.connection)
+                self.connection = None
+                if attempt == 2:
+                    raise ConfigError(f"RabbitMQ at {self.settings.amqp_host}:"
+                                      f"{self.settings.amqp_port} lost the connection twice "
+                                      f"while {env.type} was published: {err!r}") from err
+                log.warning("the broker connection was lost (%r); connecting again", err)
+
+    def _open(self) -> None:
+        self.connection = connect(self.settings)
+        self.channel = self.connection.channel()
+        declare(self.channel, self.settings)
+        self.channel.confirm_delivery()
+
+
 # work orders per transaction: one commit (the broker's fsync) instead of a confirm each
 BATCH = 500
 

@@ -267,11 +267,7 @@ def submit(raw_dir: Path, s: Settings, report=print, upload: bool = True,
     # what each file is (a static one's SHA-256 too), in upload_rank's order: the first jobs
     # start while the rest uploads
     frames = sorted(((classify_file(p), p) for p in paths), key=lambda fp: upload_rank(fp[0]))
-    connection = broker.connect(s)
-    try:
-        channel = connection.channel()
-        broker.declare(channel, s)
-        channel.confirm_delivery()
+    with broker.Announcer(s, connect=announce) as publish:
         t0 = time.monotonic()
         sent = 0
         for i, (frame, path) in enumerate(frames, 1):
@@ -286,15 +282,13 @@ def submit(raw_dir: Path, s: Settings, report=print, upload: bool = True,
             if upload and not (static and store.exists(key)):
                 store.put_file(path, key)
             if announce:
-                broker.publish(channel, Envelope(
+                publish(Envelope(
                     type="frame.arrived", source="submit",
                     correlation_id=night_correlation(night),
                     payload=FrameArrived(key=key, size=path.stat().st_size)))
             sent += 1
             if i % 10 == 0 or i == len(paths):
                 report(f"  [{i:>3}/{len(paths)}] {key}  (t+{time.monotonic() - t0:.0f} s)")
-    finally:
-        connection.close()
     return sent
 
 

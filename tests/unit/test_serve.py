@@ -1,7 +1,7 @@
 """``musedrp submit`` with the broker faked: static calibrations keyed by their content."""
 
 import hashlib
-from types import SimpleNamespace
+from contextlib import nullcontext
 
 import pytest
 from moto import mock_aws
@@ -25,11 +25,8 @@ def store(request, tmp_path, monkeypatch):
         s.uploads, s.announced, put = [], [], s.put_file
         s.put_file = lambda path, key: (s.uploads.append(key), put(path, key))
         monkeypatch.setattr(storage, "open_store", lambda _: s)
-        channel = SimpleNamespace(confirm_delivery=lambda: None)
-        monkeypatch.setattr(broker, "connect", lambda _: SimpleNamespace(
-            channel=lambda: channel, close=lambda: None))
-        monkeypatch.setattr(broker, "declare", lambda *_: None)
-        monkeypatch.setattr(broker, "publish", lambda _, env: s.announced.append(env.payload.key))
+        monkeypatch.setattr(broker, "Announcer", lambda _s, connect: nullcontext(
+            lambda env: s.announced.append(env.payload.key)))
         yield s
 
 
