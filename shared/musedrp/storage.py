@@ -12,6 +12,8 @@ import io
 import json
 import re
 import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -153,12 +155,21 @@ class LocalStore:
         except OSError as err:
             raise ConfigError(f"store directory {self.root} is not writable: {err}") from err
 
-    def put_file(self, path: Path, key: str) -> None:
+    def _write(self, key: str, fill: Callable[[Path], object]) -> None:
+        """``fill`` a temporary file of this call's own, then rename it to the object: a
+        reader sees the old object or the whole new one, and two processes writing one key
+        (a redelivered job beside the first) do not mix their bytes."""
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".part")
-        shutil.copyfile(path, tmp)
-        tmp.replace(dest)
+        tmp = dest.with_name(f"{dest.name}.{uuid.uuid4().hex[:12]}.part")
+        try:
+            fill(tmp)
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, path: Path, key: str) -> None:
+        self._write(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def get_file(self, key: str, dest: Path) -> int:
         """Copy the object to ``dest``; returns the bytes copied."""
@@ -170,9 +181,8 @@ class LocalStore:
         return dest.stat().st_size
 
     def put_json(self, content: dict[str, Any], key: str) -> None:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_text(json.dumps(content, indent=1, default=str) + "\n")
+        text = json.dumps(content, indent=1, default=str) + "\n"
+        self._write(key, lambda tmp: tmp.write_text(text))
 
     def get_json(self, key: str) -> dict[str, Any] | None:
         path = self._path(key)

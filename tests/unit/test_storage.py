@@ -12,6 +12,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
+from musedrp import storage
 from musedrp.errors import ConfigError, DataError, NotFound, Transient
 from musedrp.frames import classify, classify_file
 from musedrp.storage import (
@@ -202,6 +203,27 @@ def test_delete(store, tmp_path):
     store.delete("products/j/error.txt")
     store.delete("products/j/error.txt")  # already gone: fine
     assert not store.exists("products/j/error.txt")
+
+
+def test_two_writers_of_one_key_in_a_local_store_do_not_mix(tmp_path, monkeypatch):
+    """``serve`` on one machine shares a directory: a redelivered job may store the same
+    object while the first still writes it.  Each writer renames a whole file of its own."""
+    store = LocalStore(tmp_path / "store")
+    first, second = tmp_path / "first.fits", tmp_path / "second.fits"
+    first.write_bytes(b"first" * 1000)
+    second.write_bytes(b"second")
+    copy = storage.shutil.copyfile
+
+    def copy_beside_another_writer(src, dst):
+        copy(src, dst)
+        if src == first:  # the other writer starts and ends meanwhile
+            store.put_file(second, "products/MASTER_BIAS-01.fits")
+
+    monkeypatch.setattr(storage.shutil, "copyfile", copy_beside_another_writer)
+    store.put_file(first, "products/MASTER_BIAS-01.fits")
+    assert (tmp_path / "store/products/MASTER_BIAS-01.fits").read_bytes() == first.read_bytes()
+    assert store.keys("products/") == ["products/MASTER_BIAS-01.fits"]
+    assert [p.name for p in (tmp_path / "store/products").iterdir()] == ["MASTER_BIAS-01.fits"]
 
 
 def test_keys_cannot_leave_a_local_store(tmp_path):
