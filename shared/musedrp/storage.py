@@ -149,7 +149,7 @@ class LocalStore:
     def check(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-probe"
+            probe = self.root / f".write-probe-{uuid.uuid4().hex[:12]}"  # processes share it
             probe.write_text("ok")
             probe.unlink()
         except OSError as err:

@@ -226,6 +226,23 @@ def test_two_writers_of_one_key_in_a_local_store_do_not_mix(tmp_path, monkeypatc
     assert [p.name for p in (tmp_path / "store/products").iterdir()] == ["MASTER_BIAS-01.fits"]
 
 
+def test_processes_sharing_a_local_store_check_it_side_by_side(tmp_path, monkeypatch):
+    """Every service checks the store as it starts: one's probe is not another's."""
+    first, second = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "store")
+    write = Path.write_text
+
+    def write_beside_another_check(path, *args, **kwargs):
+        write(path, *args, **kwargs)
+        if path.parent == first.root and not second.checked:
+            second.checked = True
+            second.check()  # starts and ends between the first's write and its removal
+
+    second.checked = False
+    monkeypatch.setattr(Path, "write_text", write_beside_another_check)
+    first.check()
+    assert second.checked and list(first.root.iterdir()) == []
+
+
 def test_keys_cannot_leave_a_local_store(tmp_path):
     with pytest.raises(DataError, match="leaves the store"):
         LocalStore(tmp_path).get_json("../outside.json")
