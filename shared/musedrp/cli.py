@@ -207,17 +207,19 @@ def cmd_qc(args: argparse.Namespace) -> int:
 def from_services(out: Path, state_dir: Path) -> None:
     """Materialise what the report reads from a services deployment (registry + bucket) into
     ``out``, laid out as ``musedrp reduce`` leaves it."""
+    from sqlalchemy import make_url
+
     from musedrp.deployment import materialise
     from musedrp.registry import Registry
     from musedrp.serve import settings_for
-    from musedrp.storage import open_store
+    from musedrp.storage import open_store, where
 
     s = settings_for(state_dir)
     registry = Registry.connect(s.db_url)
     try:
-        print(f"Reading the deployment: registry {s.db_url}, bucket {s.s3_bucket} at "
-              f"{s.s3_endpoint}", flush=True)
-        materialise(registry, open_store(s), out, f"s3://{s.s3_bucket}/raw/ at {s.s3_endpoint}")
+        print(f"Reading the deployment: registry {make_url(s.db_url).render_as_string()}, "
+              f"{where(s)}", flush=True)  # the URL's password hidden
+        materialise(registry, open_store(s), out, f"raw/ of the {where(s)}")
     finally:
         registry.close()
 
@@ -255,7 +257,7 @@ def cmd_health(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from musedrp.serve import serve
 
-    return serve(args.state_dir)
+    return serve(args.state_dir, s3=args.s3)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -369,7 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_report)
 
     c = sub.add_parser("serve", parents=[state],
-                       help="run broker, S3 server and every service on this machine")
+                       help="run broker, object store and every service on this machine")
+    c.add_argument("--s3", action="store_true",
+                   help="keep the objects in a local `weed mini` S3 server rather than the "
+                        "directory STATE_DIR/store (ignored if MUSEDRP_S3_ENDPOINT is set)")
     c.set_defaults(func=cmd_serve)
     c = sub.add_parser("submit", parents=[state],
                        help="upload raw files and announce each (as the observatory would)")

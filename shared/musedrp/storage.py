@@ -392,6 +392,13 @@ def s3_error(err: Exception, what: str) -> MusedrpError | None:
     return None
 
 
+def where(settings) -> str:
+    """Where ``open_store`` keeps the objects, as people read it."""
+    if settings.s3_endpoint.startswith("file://"):
+        return f"directory {settings.s3_endpoint.removeprefix('file://')}"
+    return f"bucket {settings.s3_bucket} at {settings.s3_endpoint}"
+
+
 def open_store(settings, cache: LocalCache | None = None) -> ObjectStore:
     """``s3_endpoint`` ``file:///path`` gives a local directory, anything else S3 (through
     ``cache``, if given)."""

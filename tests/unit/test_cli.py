@@ -194,3 +194,25 @@ def test_a_reader_that_stops_early_gets_no_traceback(night):
                           shell=True, capture_output=True, text=True, check=False,  # noqa: S602
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+
+
+def test_the_report_of_a_deployment_says_where_it_reads_and_no_password(tmp_path, monkeypatch,
+                                                                        capsys):
+    """``musedrp report --state-dir``: the registry without its password, the store as
+    ``serve`` configured it (a directory on one machine)."""
+    from musedrp import deployment
+
+    for name in list(os.environ):
+        if name.startswith("MUSEDRP_"):
+            monkeypatch.delenv(name)
+    (tmp_path / "services.env").write_text(
+        "MUSEDRP_DB_URL=postgresql+psycopg://u:db-secret@127.0.0.1/musedrp\n"
+        "MUSEDRP_S3_ENDPOINT=file:///srv/store\n")
+    sources = []
+    monkeypatch.setattr(Registry, "connect", lambda _: type("R", (), {"close": lambda _: None})())
+    monkeypatch.setattr(deployment, "materialise",
+                        lambda _r, _s, _o, source: sources.append(source))
+    cli.from_services(tmp_path / "out", tmp_path)
+    said = capsys.readouterr().out
+    assert "db-secret" not in said and "registry postgresql+psycopg://u:***@" in said
+    assert "directory /srv/store" in said and sources == ["raw/ of the directory /srv/store"]
