@@ -151,9 +151,10 @@ def rabbitmqctl(*args: str, check: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings, Fleet,
-                                                                  Registry]]:
-    """A RabbitMQ vhost, a ``weed mini`` S3 server and a PostgreSQL database of their own
+def fresh_services(work: Path, s3: bool = True, **settings: str) -> Iterator[
+        tuple[dict, Settings, Fleet, Registry]]:
+    """A RabbitMQ vhost, a ``weed mini`` S3 server (``s3``; else a directory as the object
+    store, as ``musedrp serve`` has on one machine) and a PostgreSQL database of their own
     (removed afterwards), the environment that points services at them (plus
     ``MUSEDRP_<NAME>`` for each of ``settings``), a fleet to start services in, and the
     registry."""
@@ -163,13 +164,16 @@ def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings
     rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     db_url = PG.rsplit("/", 1)[0] + f"/{db}"
     ensure_database(db_url)
-    s3 = s3server.start(work / "s3")
-    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
-           "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
-           "MUSEDRP_DB_URL": db_url, "MUSEDRP_SCRATCH": str(work / "scratch"),
+    server = s3server.start(work / "s3") if s3 else None
+    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_DB_URL": db_url,
+           "MUSEDRP_SCRATCH": str(work / "scratch"),
+           **({"MUSEDRP_S3_ENDPOINT": server.endpoint, "MUSEDRP_S3_ACCESS_KEY": server.access_key,
+               "MUSEDRP_S3_SECRET_KEY": server.secret_key} if server
+              else {"MUSEDRP_S3_ENDPOINT": f"file://{work / 'store'}"}),
            **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
     s = Settings.load(env)
-    S3Store.from_settings(s).create_bucket()
+    if server:
+        S3Store.from_settings(s).create_bucket()
     fleet = Fleet(work / "services", env)
     registry = Registry.connect(db_url)
     try:
@@ -177,7 +181,8 @@ def fresh_services(work: Path, **settings: str) -> Iterator[tuple[dict, Settings
     finally:
         registry.close()
         fleet.stop_all()
-        s3.stop()
+        if server:
+            server.stop()
         rabbitmqctl("delete_vhost", vhost, check=False)
         engine = create_engine(PG, isolation_level="AUTOCOMMIT")
         with engine.connect() as c:

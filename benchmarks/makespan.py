@@ -8,11 +8,12 @@ stage, all sharing the machine's cores and memory through admission.py and the o
 move through one cache on the machine's scratch disk) on a RabbitMQ vhost, a ``weed mini`` S3
 server and a PostgreSQL database of their own, timed from the first upload to the last job
 finished; (c) the same without the cache (``MUSEDRP_CACHE_GB=0``); (d) the archive's case: the
-frames put into the bucket before the clock starts, then announced.  All get the same memory
-budget.  Repetitions rotate which path runs first.  The workers' logs give the bytes they
-downloaded and the inputs they linked from the cache instead.  Each job's recipe interval
-(its manifest's end time less its wall time) gives every path's timeline: where cores stood
-idle, and which stage ran when.
+frames put into the bucket before the clock starts, then announced; (e) ``services-files``:
+the objects in a directory instead of S3, as ``musedrp serve`` keeps them on one machine.
+All get the same memory budget.  Repetitions rotate which path runs first.  The workers'
+logs give the bytes they downloaded and the inputs they linked from the cache instead.
+Each job's recipe interval (its manifest's end time less its wall time) gives every path's
+timeline: where cores stood idle, and which stage ran when.
 Writes ``results/makespan.{md,json,png}`` (``--name`` another stem).
 """
 
@@ -33,14 +34,15 @@ import matplotlib.pyplot as plt
 from musedrp.executor import available_memory_gb
 from musedrp.messages import WorkOrder
 from musedrp.serve import SERVICES, instances, submit
-from musedrp.storage import S3Store
+from musedrp.storage import open_store
 
 from common import fresh_services, worker_logs, write_results
 
 DONE = ("succeeded", "cached", "failed", "skipped", "superseded")
-# path: (the workers' cache in GB, frames in the bucket before the clock starts)
-PATHS = {"embedded": None, "services": ("8", False), "services-nocache": ("0", False),
-         "services-preloaded": ("8", True)}
+# path: (the workers' cache in GB, frames in the bucket before the clock starts, the objects
+# in a ``weed mini`` S3 server rather than a directory)
+PATHS = {"embedded": None, "services": ("8", False, True), "services-nocache": ("0", False, True),
+         "services-preloaded": ("8", True, True), "services-files": ("0", False, False)}
 
 
 def interval(manifest: dict, start: datetime) -> dict:
@@ -76,8 +78,8 @@ def embedded(raw: Path, work: Path, memory_gb: float) -> dict:
 
 
 def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str,
-             preloaded: bool) -> dict:
-    with fresh_services(work, memory_gb=str(memory_gb), plan_quiet_s="5", cache_gb=cache_gb,
+             preloaded: bool, s3: bool) -> dict:
+    with fresh_services(work, s3, memory_gb=str(memory_gb), plan_quiet_s="5", cache_gb=cache_gb,
                         admission=str(work / "admission.json")) as (_, s, fleet, registry):
         ncpus = len(os.sched_getaffinity(0))
         for name, service in instances(SERVICES, ncpus):
@@ -94,10 +96,12 @@ def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str,
                 break
             if time.monotonic() - t0 > 4 * 3600:
                 raise SystemExit(f"services path timed out; logs in {work}")
+            if dead := [n for n, p in fleet.processes.items() if p.poll() is not None]:
+                raise SystemExit(f"service(s) {', '.join(dead)} exited; logs in {work}")
             time.sleep(1)
         wall = time.monotonic() - t0
         failed = [f"{j.stage} {j.ifu}: {j.reason}" for j in found if j.state not in DONE[:2]]
-        store = S3Store.from_settings(s)
+        store = open_store(s)
         manifests = [store.get_json(f"{WorkOrder.model_validate(j.order).product_dir}/"
                                     "manifest.json") for j in found if j.state == "succeeded"]
         return {"wall_s": wall, "upload_s": uploaded, "jobs": len(found), "failed": failed,

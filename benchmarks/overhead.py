@@ -7,9 +7,10 @@
 classification to QC plots; (c) the services: ingest, planner and the bias and flat
 workers (pinned to CPU 0) on a RabbitMQ vhost, a ``weed mini`` S3 server and a PostgreSQL
 database of their own, from the first upload to the flat's ``succeeded``; and per job:
-the workers' own time, from taking the order to its products stored (their logs).  The raw
-directory holds calibrations only (musedrp reduces such a night's masters).  Each
-repetition runs the three paths in a rotated order.
+the workers' own time, from taking the order to its products stored (their logs); (d) the
+same with the objects in a directory instead of S3, as ``musedrp serve`` keeps them on one
+machine.  The raw directory holds calibrations only (musedrp reduces such a night's
+masters).  Each repetition runs the paths in a rotated order.
 Writes ``results/overhead.{md,json,png}``.
 """
 
@@ -33,7 +34,7 @@ from musedrp.services.flat.spec import SPEC as FLAT
 from common import fresh_services, timed, worker_logs, write_frames, write_results
 
 FRAMES = 11
-PATHS = ("esorex", "reduce", "services")
+PATHS = ("esorex", "reduce", "services", "services-files")
 
 
 def bare(frames: dict[str, list[Path]], work: Path,
@@ -71,12 +72,13 @@ def reduce(raw: Path, work: Path) -> dict[str, float]:
                                             for m in work.glob("products/*/*/*/*/manifest.json"))}
 
 
-def services(raw: Path, work: Path, quiet_s: float,
-             stages: tuple[str, ...] = ("bias", "flat")) -> dict[str, float]:
+def services(raw: Path, work: Path, quiet_s: float, stages: tuple[str, ...] = ("bias", "flat"),
+             s3: bool = True) -> dict[str, float]:
     """Fresh servers each time (not timed); timed from the first upload to the jobs of
-    ``stages`` done (``upload_s``: until the last frame was in S3 and announced)."""
-    with fresh_services(work, plan_quiet_s=str(quiet_s), ifus="1") as (_, settings, fleet,
-                                                                       registry):
+    ``stages`` done (``upload_s``: until the last frame was stored and announced); the
+    objects in ``weed mini`` (``s3``) or a directory."""
+    with fresh_services(work, s3, plan_quiet_s=str(quiet_s), ifus="1") as (_, settings, fleet,
+                                                                           registry):
         for name, cpus in (("ingest", None), ("planner", None), *((s, [0]) for s in stages)):
             fleet.start(name, cpus)
         time.sleep(5)  # start-up (esorex --man-page checks) is not what we measure
@@ -111,7 +113,7 @@ def main() -> int:
                                        for k, n in (("bias", FRAMES), ("flat", FRAMES))})
         print(f"simulated {2 * FRAMES} one-IFU frames in {gen_s:.0f} s", flush=True)
         for rep in range(args.reps):
-            order = PATHS[rep % 3:] + PATHS[:rep % 3]
+            order = PATHS[rep % len(PATHS):] + PATHS[:rep % len(PATHS)]
             for path in order:
                 work = Path(tmp) / f"{path}-{rep}"
                 if path == "esorex":
@@ -119,7 +121,7 @@ def main() -> int:
                 elif path == "reduce":
                     rec = reduce(raw, work)
                 else:
-                    rec = services(raw, work, args.quiet_s)
+                    rec = services(raw, work, args.quiet_s, s3=path == "services")
                 records.append({"rep": rep, "path": path, **rec})
                 print(records[-1], flush=True)
                 shutil.rmtree(work, ignore_errors=True)
@@ -142,7 +144,7 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
         upload, jobs, job_ratio = ((
             f"{statistics.median(r['upload_s'] for r in rs):.1f}",
             f"{statistics.median(r['jobs_s'] for r in rs):.1f}",
-            f"{statistics.median(r['job_ratio'] for r in rs):.3f}") if path == "services"
+            f"{statistics.median(r['job_ratio'] for r in rs):.3f}") if "jobs_s" in rs[0]
             else ("", "", ""))
         own = statistics.median(r["wall_s"] - r["recipe_s"] for r in rs)
         summary[path]["median_own_s"] = own
@@ -151,12 +153,13 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
                      f"{min(ratios):.3f}-{max(ratios):.3f}",
                      statistics.median(r["recipe_s"] for r in rs), own, upload, jobs,
                      job_ratio))
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(7, 3.5))
     for i, path in enumerate(PATHS):
         ratios = [r["ratio"] for r in records if r["path"] == path]
         ax.plot([i] * len(ratios), ratios, "o", alpha=0.7)
     ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xticks(range(len(PATHS)), ["bare esorex", "musedrp reduce", "services"])
+    ax.set_xticks(range(len(PATHS)), ["bare esorex", "musedrp reduce", "services (S3)",
+                                      "services (files)"])
     ax.set_ylabel("wall time / bare esorex (same repetition)")
     ax.set_title(f"1-IFU bias + flat ({FRAMES} + {FRAMES} frames), {args.reps} repetitions")
     notes = [f"One IFU, {FRAMES} biases then {FRAMES} flats (full-size simulated frames), "
@@ -166,7 +169,9 @@ def report(records: list[dict], args: argparse.Namespace) -> int:
              "'recipes' is the esorex wall time as musedrp measured it (the manifests' "
              "`run.wall_s`), 'outside recipes' the median of wall minus recipes.",
              f"Services: the planner's quiet period was {args.quiet_s:g} s; upload is the time "
-             "`submit` took to put the 23 files into S3 and announce them (included in wall). "
+             "`submit` took to put the 23 files into the store and announce them (included in "
+             "wall); (S3): a local `weed mini`, (files): a directory, as `musedrp serve` keeps "
+             "the objects on one machine. "
              "'workers' jobs': the two jobs' time in their workers, from taking the order to "
              "its products stored (inputs fetched, recipe, products and manifest uploaded), "
              "and its ratio to bare esorex: the per-job overhead, without the upload of the "

@@ -123,18 +123,29 @@ def _reap(p: subprocess.Popen, timeout_s: float) -> int:
         return p.wait()
 
 
-def prepare(state_dir: Path) -> tuple[dict[str, str], s3server.S3Server | None]:
-    """Broker, S3 and registry ready; returns the environment services need."""
+def prepare(state_dir: Path, s3: bool = False) -> tuple[dict[str, str],
+                                                       s3server.S3Server | None]:
+    """Broker, object store and registry ready; returns the environment services need.
+
+    Without a configured ``MUSEDRP_S3_ENDPOINT`` the objects live in ``STATE_DIR/store``, a
+    directory every process here shares: a local S3 server would spend the cores the recipes
+    need (``weed mini`` took ~27 CPU-s per GB moved, 413 CPU-s over the 3-IFU night,
+    docs/measurements.md).  ``s3`` starts ``weed mini`` instead, to try the S3 path locally.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     s = Settings.load()
     ensure_broker(s)
     env = {k: v for k, v in os.environ.items() if k.startswith("MUSEDRP_")}
     server = None
-    if "MUSEDRP_S3_ENDPOINT" not in os.environ:
+    if "MUSEDRP_S3_ENDPOINT" in os.environ:
+        pass  # the configured store
+    elif s3:
         server = s3server.start(state_dir / "s3")
         env |= {"MUSEDRP_S3_ENDPOINT": server.endpoint,
                 "MUSEDRP_S3_ACCESS_KEY": server.access_key,
                 "MUSEDRP_S3_SECRET_KEY": server.secret_key}
+    else:
+        env["MUSEDRP_S3_ENDPOINT"] = f"file://{(state_dir / 'store').resolve()}"
     env.setdefault("MUSEDRP_SCRATCH", str(state_dir / "scratch"))
     # one budget for the planner (it splits or refuses jobs by it) and the workers' admission
     env.setdefault("MUSEDRP_MEMORY_GB", f"{0.85 * available_memory_gb():.1f}")
@@ -190,9 +201,10 @@ def instances(services: Iterable[str], ncpus: int) -> list[tuple[str, str]]:
     return out
 
 
-def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
-    """Run every service until Ctrl-C or SIGTERM; a service that exits is reported."""
-    env, server = prepare(state_dir)
+def serve(state_dir: Path, services: Iterable[str] = SERVICES, s3: bool = False) -> int:
+    """Run every service until Ctrl-C or SIGTERM; a service that exits is reported.  ``s3``:
+    see ``prepare``."""
+    env, server = prepare(state_dir, s3)
     fleet = Fleet(state_dir, env)
     cpus = sorted(os.sched_getaffinity(0))
     stop = False
@@ -210,7 +222,7 @@ def serve(state_dir: Path, services: Iterable[str] = SERVICES) -> int:
             p = fleet.start(name, None, METRICS_BASE + i, service)
             print(f"{name:<11} {p.pid:>7}  :{METRICS_BASE + i}    "
                   f"{state_dir / 'logs' / (name + '.log')}", flush=True)
-        print(f"S3 {env['MUSEDRP_S3_ENDPOINT']}; submit with `musedrp submit RAW_DIR "
+        print(f"objects in {env['MUSEDRP_S3_ENDPOINT']}; submit with `musedrp submit RAW_DIR "
               f"--state-dir {state_dir}`; Ctrl-C stops everything", flush=True)
         reported: set[str] = set()
         while not stop:

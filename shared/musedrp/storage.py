@@ -132,7 +132,8 @@ def upload_dir(store: ObjectStore, directory: Path, prefix: str) -> dict[str, st
 
 
 class LocalStore:
-    """A directory as an object store: the embedded mode, and tests without a server."""
+    """A directory as an object store: the embedded mode, ``serve`` on one machine (its
+    processes share it) and tests without a server."""
 
     cache = None  # reads are local already
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from musedrp import serve
+from musedrp import serve, storage
 
 SECRETS = {"MUSEDRP_S3_SECRET_KEY": "s3-secret", "MUSEDRP_AMQP_PASSWORD": "amqp-secret"}
 
@@ -32,7 +32,7 @@ def test_secrets_are_readable_by_this_user_only(tmp_path, monkeypatch, own_s3):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
-    services_env, _ = serve.prepare(tmp_path)
+    services_env, _ = serve.prepare(tmp_path, s3=own_s3)
 
     text = (tmp_path / serve.ENV_FILE).read_text()
     assert not [secret for secret in SECRETS.values() if secret in text]
@@ -45,6 +45,25 @@ def test_secrets_are_readable_by_this_user_only(tmp_path, monkeypatch, own_s3):
     s = serve.settings_for(tmp_path)  # what submit, status and the services read
     assert (s.s3_secret_key.get_secret_value(), s.amqp_password.get_secret_value()) == (
         "s3-secret", "amqp-secret")
+
+
+def test_without_a_configured_s3_the_objects_live_in_a_directory_of_the_state_dir(
+        tmp_path, monkeypatch):
+    """One machine: no S3 server to spend the recipes' cores; submit and the services find
+    the same directory through the env file."""
+    for name in list(os.environ):
+        if name.startswith("MUSEDRP_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(serve, "ensure_broker", lambda _: None)
+    monkeypatch.setattr(serve, "ensure_database", lambda _: None)
+    monkeypatch.setattr(serve.s3server, "start", lambda _: pytest.fail("an S3 server started"))
+
+    env, server = serve.prepare(tmp_path / "state")
+
+    assert server is None
+    assert env["MUSEDRP_S3_ENDPOINT"] == f"file://{tmp_path / 'state' / 'store'}"
+    store = storage.open_store(serve.settings_for(tmp_path / "state"))
+    assert isinstance(store, storage.LocalStore) and store.root == tmp_path / "state" / "store"
 
 
 SERVICE = """
@@ -74,7 +93,7 @@ from musedrp import serve
 
 out = Path(sys.argv[1])
 serve.SERVICE_COMMAND = (sys.executable, sys.argv[2], str(out))
-serve.prepare = lambda _: ({"MUSEDRP_S3_ENDPOINT": "http://127.0.0.1:9"}, None)
+serve.prepare = lambda *_: ({"MUSEDRP_S3_ENDPOINT": "http://127.0.0.1:9"}, None)
 sys.exit(serve.serve(out, ["a", "b"]))
 """
 
