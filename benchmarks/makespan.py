@@ -184,9 +184,9 @@ def main() -> int:
              "Timelines from the manifests: a job's interval ends when its manifest was written "
              "(whole seconds, after its QC plots) and lasts its recipe's wall time. 'cores "
              "busy': the recipes' core-seconds over cores x wall; 'first recipe': when the "
-             "first recipe started. 'downloaded': the bytes the workers fetched from S3 "
-             "(ranged GETs included); 'from cache': inputs linked from the machine's cache "
-             "instead, of all inputs."]
+             "first recipe started. 'downloaded': the bytes the workers fetched from the "
+             "store (S3, or copied out of the directory; ranged reads included); 'from "
+             "cache': inputs linked from the machine's cache instead, of all inputs."]
     print(write_results(args.name, "Makespan: embedded against the services on one machine",
                         notes, ["rep", "path", "jobs", "wall [s]", "ratio", "recipes [s]",
                                 "upload [s]", "after upload [s]", "downloaded [GB]",
