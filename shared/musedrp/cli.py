@@ -215,11 +215,12 @@ def from_services(out: Path, state_dir: Path) -> None:
     from musedrp.storage import open_store, where
 
     s = settings_for(state_dir)
+    store = where(s)
     registry = Registry.connect(s.db_url)
     try:
         print(f"Reading the deployment: registry {make_url(s.db_url).render_as_string()}, "
-              f"{where(s)}", flush=True)  # the URL's password hidden
-        materialise(registry, open_store(s), out, f"raw/ of the {where(s)}")
+              f"{store}", flush=True)  # the URL's password hidden
+        materialise(registry, open_store(s), out, f"raw/ of the {store}")
     finally:
         registry.close()
 

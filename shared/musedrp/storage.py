@@ -393,16 +393,22 @@ def s3_error(err: Exception, what: str) -> MusedrpError | None:
     return None
 
 
+def _directory(settings) -> str | None:
+    """The directory an ``s3_endpoint`` of ``file:///path`` names; None for S3."""
+    endpoint = settings.s3_endpoint
+    return endpoint.removeprefix("file://") if endpoint.startswith("file://") else None
+
+
 def where(settings) -> str:
     """Where ``open_store`` keeps the objects, as people read it."""
-    if settings.s3_endpoint.startswith("file://"):
-        return f"directory {settings.s3_endpoint.removeprefix('file://')}"
+    if (directory := _directory(settings)) is not None:
+        return f"directory {directory}"
     return f"bucket {settings.s3_bucket} at {settings.s3_endpoint}"
 
 
 def open_store(settings, cache: LocalCache | None = None) -> ObjectStore:
     """``s3_endpoint`` ``file:///path`` gives a local directory, anything else S3 (through
     ``cache``, if given)."""
-    if settings.s3_endpoint.startswith("file://"):
-        return LocalStore(Path(settings.s3_endpoint.removeprefix("file://")))
+    if (directory := _directory(settings)) is not None:
+        return LocalStore(Path(directory))
     return S3Store.from_settings(settings, cache)

@@ -16,13 +16,18 @@ from musedrp import serve, storage
 SECRETS = {"MUSEDRP_S3_SECRET_KEY": "s3-secret", "MUSEDRP_AMQP_PASSWORD": "amqp-secret"}
 
 
-@pytest.mark.parametrize("own_s3", [False, True])
-def test_secrets_are_readable_by_this_user_only(tmp_path, monkeypatch, own_s3):
+@pytest.fixture
+def offline(monkeypatch):
+    """``serve.prepare`` with no ``MUSEDRP_*`` set and no broker or database to reach."""
     for name in list(os.environ):
         if name.startswith("MUSEDRP_"):
             monkeypatch.delenv(name)
     monkeypatch.setattr(serve, "ensure_broker", lambda _: None)
     monkeypatch.setattr(serve, "ensure_database", lambda _: None)
+
+
+@pytest.mark.parametrize("own_s3", [False, True])
+def test_secrets_are_readable_by_this_user_only(tmp_path, monkeypatch, offline, own_s3):
     monkeypatch.setattr(serve, "_create_bucket", lambda _: None)
     monkeypatch.setattr(serve.s3server, "start", lambda _: SimpleNamespace(
         endpoint="http://127.0.0.1:9", access_key="musedrp", secret_key="s3-secret"))
@@ -48,14 +53,9 @@ def test_secrets_are_readable_by_this_user_only(tmp_path, monkeypatch, own_s3):
 
 
 def test_without_a_configured_s3_the_objects_live_in_a_directory_of_the_state_dir(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, offline):
     """One machine: no S3 server to spend the recipes' cores; submit and the services find
     the same directory through the env file."""
-    for name in list(os.environ):
-        if name.startswith("MUSEDRP_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setattr(serve, "ensure_broker", lambda _: None)
-    monkeypatch.setattr(serve, "ensure_database", lambda _: None)
     monkeypatch.setattr(serve.s3server, "start", lambda _: pytest.fail("an S3 server started"))
 
     env, server = serve.prepare(tmp_path / "state")
