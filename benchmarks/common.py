@@ -192,7 +192,7 @@ def fresh_services(work: Path, s3: bool = True, **settings: str) -> Iterator[
 
 # What a stage worker logs of each job (services/worker.py)
 FETCHED = re.compile(r"(\d+) bytes fetched for (\d+) inputs, \d+ raw frame\(s\) by ranged GETs "
-                     r"of the IFU's extension, (\d+) from this machine's cache")
+                     r"of the IFU's extension, (\d+) linked on this machine")
 TIMED = re.compile(r": succeeded in ([\d.]+) s: inputs ([\d.]+) s, waiting for cores ([\d.]+) s, "
                    r"recipe ([\d.]+) s \(esorex [\d.]+ s\), products ([\d.]+) s")
 

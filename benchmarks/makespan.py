@@ -11,7 +11,7 @@ finished; (c) the same without the cache (``MUSEDRP_CACHE_GB=0``); (d) the archi
 frames put into the bucket before the clock starts, then announced; (e) ``services-files``:
 the objects in a directory instead of S3, as ``musedrp serve`` keeps them on one machine.
 All get the same memory budget.  Repetitions rotate which path runs first.  The workers'
-logs give the bytes they downloaded and the inputs they linked from the cache instead.
+logs give the bytes they downloaded and the inputs they hard-linked instead.
 Each job's recipe interval (its manifest's end time less its wall time) gives every path's
 timeline: where cores stood idle, and which stage ran when.
 Writes ``results/makespan.{md,json,png}`` (``--name`` another stem).
@@ -185,12 +185,13 @@ def main() -> int:
              "(whole seconds, after its QC plots) and lasts its recipe's wall time. 'cores "
              "busy': the recipes' core-seconds over cores x wall; 'first recipe': when the "
              "first recipe started. 'downloaded': the bytes the workers fetched from the "
-             "store (S3, or copied out of the directory; ranged reads included); 'from "
-             "cache': inputs linked from the machine's cache instead, of all inputs."]
+             "store (S3, or copied out of the directory; ranged reads included); 'linked': "
+             "inputs hard-linked on the machine instead (from its cache, or the store's "
+             "directory), of all inputs."]
     print(write_results(args.name, "Makespan: embedded against the services on one machine",
                         notes, ["rep", "path", "jobs", "wall [s]", "ratio", "recipes [s]",
                                 "upload [s]", "after upload [s]", "downloaded [GB]",
-                                "from cache", "cores busy", "first recipe [s]"],
+                                "linked", "cores busy", "first recipe [s]"],
                         rows, {"records": records, "ratios": ratios, "memory_gb": memory_gb},
                         fig))
     return 0

@@ -9,6 +9,7 @@ A work order whose manifest already exists is answered from the manifest at once
 import contextlib
 import errno
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -55,8 +56,11 @@ class StageWorker(Handler):
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):  # may be free again later
                 freed = self.store.cache.trim(0) if self.store.cache else 0
-                raise Transient(f"scratch {self.scratch} is full ({freed / 1e9:.1f} GB of "
-                                f"cached objects removed): {err}") from err
+                full = err.filename and Path(os.fsdecode(err.filename))
+                where = (f"scratch {self.scratch}" if not full or full.is_relative_to(
+                    self.scratch) else f"the disk of {full}")  # a store directory's
+                raise Transient(f"{where} is full ({freed / 1e9:.1f} GB of cached objects "
+                                f"removed): {err}") from err
             raise
         finally:
             metrics.IN_PROGRESS.labels(self.name).dec()
@@ -122,12 +126,12 @@ class StageWorker(Handler):
             got = list(threads.map(lambda args: fetch(*args), inputs))
         fetched = sum(got)
         sliced = sum(1 for f in order.inputs if f.ranges)
-        cached = sum(1 for f, n in zip(order.inputs, got, strict=True) if not f.ranges and not n)
+        linked = sum(1 for f, n in zip(order.inputs, got, strict=True) if not f.ranges and not n)
         metrics.INPUT_BYTES.labels(self.name).inc(fetched)
         whole = sum(1 for f in order.inputs if f.ifu and not f.ranges)
         self.log.info("%s: %d bytes fetched for %d inputs, %d raw frame(s) by ranged GETs of "
-                      "the IFU's extension, %d from this machine's cache%s", order, fetched,
-                      len(inputs), sliced, cached, f", {whole} raw frame(s) whole: no byte "
+                      "the IFU's extension, %d linked on this machine%s", order, fetched,
+                      len(inputs), sliced, linked, f", {whole} raw frame(s) whole: no byte "
                       "ranges in the order" if whole else "")
         timeout = self.settings.timeout_s or order.timeout_s
         return order.model_copy(update={"inputs": tuple(f.model_copy(update={"path": str(dest)})

@@ -156,12 +156,13 @@ class Planner(Handler):
 
     def idle(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Collect a finished planning, start the next one (one at a time, in its thread)
-        once frames pause (``plan_quiet_s``) or have arrived for ``plan_max_wait_s``, and
-        issue what may run.  A plan made while frames arrive (the last came less than
-        ``plan_max_wait_s`` ago) waits for every incomplete template, and is made again once
-        they have stopped for that long; one that waited for a template taken minutes ago is made
-        again when that template stops growing (``planner.GROWING_DAYS``).  What fails is
-        kept (the touched nights, the jobs due) and raised: the consumer calls again later."""
+        once frames pause for ``plan_quiet_s``, or that long after the first frame no plan
+        holds yet while they keep coming, and issue what may run.  A plan made while frames
+        arrive (the last came less than ``plan_max_wait_s`` ago) waits for every incomplete
+        template, and is made again once they have stopped for that long; one that waited
+        for a template taken minutes ago is made again when that template stops growing
+        (``planner.GROWING_DAYS``).  What fails is kept (the touched nights, the jobs due)
+        and raised: the consumer calls again later."""
         with unavailable_is_transient():
             if self.planning is not None and self.planning[1].done():
                 touched, done = self.planning
@@ -175,8 +176,8 @@ class Planner(Handler):
                     self.recheck = min(when, recheck), nights | touched
             now = self.clock()
             quiet = now - self.last_frame >= self.settings.plan_quiet_s
-            # a pause of the quiet period inside an upload is no end of it: frames count as
-            # arriving until none has come for the whole wait
+            # a pause inside an upload is no end of it: frames count as arriving until none
+            # has come for the whole wait
             arriving = now - self.last_frame < self.settings.plan_max_wait_s
             if not arriving:
                 self.touched |= self.provisional
@@ -184,7 +185,9 @@ class Planner(Handler):
             if self.recheck is not None and mjd_now() >= self.recheck[0]:
                 self.touched |= self.recheck[1]
                 self.recheck = None
-            overdue = now - self.waiting_since >= self.settings.plan_max_wait_s
+            # frames keep coming: plan them that long after the first one no plan holds yet,
+            # so that a long upload's first jobs start while the rest still comes
+            overdue = now - self.waiting_since >= self.settings.plan_quiet_s
             if self.planning is None and self.touched and (quiet or overdue):
                 if arriving:
                     self.provisional |= self.touched

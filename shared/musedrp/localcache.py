@@ -35,7 +35,7 @@ class LocalCache:
         src = self._path(sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            _link_or_copy(src, dest)
+            link_or_copy(src, dest)
             os.utime(src)  # used now: the last to go
         except FileNotFoundError:
             return False
@@ -49,7 +49,7 @@ class LocalCache:
             return
         tmp = dest.with_name(f".{sha256}.{os.getpid()}")
         try:
-            _link_or_copy(path, tmp)
+            link_or_copy(path, tmp)
             tmp.chmod(0o444)
             tmp.replace(dest)
         finally:
@@ -73,7 +73,9 @@ class LocalCache:
         return removed
 
 
-def _link_or_copy(src: Path, dest: Path) -> None:
+def link_or_copy(src: Path, dest: Path) -> bool:
+    """Make ``dest`` the file ``src``: a hard link (True) where the file system allows one,
+    else a copy (False)."""
     try:
         os.link(src, dest)
     except FileExistsError:
@@ -83,3 +85,5 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         if isinstance(err, FileNotFoundError):
             raise
         shutil.copyfile(src, dest)  # another file system, or no hard links there
+        return False
+    return True

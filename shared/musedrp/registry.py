@@ -196,18 +196,32 @@ def _add_rows(session: Session, table: Table, columns: Sequence[str],
     conn.exec_driver_sql(sql, rows)
 
 
+SCHEMA_LOCK = 0x6D757365647270  # "musedrp": the advisory lock of the schema's creation
+
+
 class Registry:
     """A thin, typed layer over the three tables; every method is one transaction."""
 
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url)
-        with self.engine.connect() as c:
+        self._create_schema()
+
+    def _create_schema(self) -> None:
+        """Create what tables are missing, one process at a time: the services that ``serve``
+        starts together on a new database would each create them, and all but one fail."""
+        with self.engine.begin() as c:
+            if c.dialect.name == "postgresql":
+                c.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
+            elif c.dialect.name == "sqlite":  # the driver begins no transaction before DDL
+                c.exec_driver_sql("BEGIN IMMEDIATE")
             index_needs = not inspect(c).has_table(NeedRow.__tablename__)
-        Base.metadata.create_all(self.engine)
-        if index_needs:  # a registry older than the needs table: index its jobs once
-            with Session(self.engine) as s, s.begin():
-                s.add_all(NeedRow(job_key=j.key, need=n) for j in s.scalars(select(JobRow))
-                          for n in j.order.get("needs", ()))
+            Base.metadata.create_all(c)
+            if index_needs:  # a registry older than the needs table: index its jobs once
+                rows = [{"job_key": key, "need": n}
+                        for key, order in c.execute(select(JobRow.key, JobRow.order))
+                        for n in order.get("needs", ())]
+                if rows:
+                    c.execute(insert(NeedRow), rows)
 
     @classmethod
     def connect(cls, url: str) -> "Registry":

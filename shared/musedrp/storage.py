@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from musedrp.errors import ConfigError, DataError, MusedrpError, NotFound, Transient
-from musedrp.localcache import SHA256, LocalCache
+from musedrp.localcache import SHA256, LocalCache, link_or_copy
 from musedrp.provenance import MANIFEST, file_sha256
 
 SHA_META = "sha256"
@@ -173,13 +173,17 @@ class LocalStore:
         self._write(key, lambda tmp: shutil.copyfile(path, tmp))
 
     def get_file(self, key: str, dest: Path) -> int:
-        """Copy the object to ``dest``; returns the bytes copied."""
+        """Put the object at ``dest``, by hard link where the file system allows it (jobs
+        only read their inputs, and a new object under the key is a new file renamed into
+        place, so the link keeps what it was); returns the bytes copied, 0 for a link."""
         src = self._path(key)
-        if not src.exists():
+        if not src.is_file():
             raise NotFound(f"no object {key}")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-        return dest.stat().st_size
+        try:
+            return 0 if link_or_copy(src, dest) else dest.stat().st_size
+        except FileNotFoundError:  # removed meanwhile
+            raise NotFound(f"no object {key}") from None
 
     def put_json(self, content: dict[str, Any], key: str) -> None:
         text = json.dumps(content, indent=1, default=str) + "\n"

@@ -253,7 +253,7 @@ def test_night_reduced_through_services_despite_a_killed_worker(infra, submitted
         assert "whole: no byte ranges" not in log
     # the master bias the bias worker stored, the flat worker linked from the machine's cache
     log = (fleet.state_dir / "logs" / "flat.log").read_text()
-    assert re.search(r"extension, [1-9]\d* from this machine's cache", log), log[-2000:]
+    assert re.search(r"extension, [1-9]\d* linked on this machine", log), log[-2000:]
 
     # every QC keyword of each product reached the registry (for QC trending), as in reduce
     for stage, name in (("bias", f"MASTER_BIAS-{IFU:02d}.fits"),

@@ -136,6 +136,20 @@ def test_a_full_disk_is_retried_not_dead_lettered_and_empties_the_cache(worker, 
     assert list(worker.store.cache.root.iterdir()) == []
 
 
+def test_a_full_store_directory_is_named_as_what_is_full(worker, tmp_path, monkeypatch):
+    """``serve`` on one machine: the products go to a directory that may fill apart from the
+    scratch; the retry's reason names the file that did not fit."""
+    worker.compute = fake_compute([])
+    part = tmp_path / "store/products/x/MASTER_BIAS.fits.0123.part"
+
+    def full(path, key):
+        raise OSError(errno.ENOSPC, "No space left on device", str(part))
+
+    monkeypatch.setattr(worker.store, "put_file", full)
+    with pytest.raises(Transient, match=rf"^the disk of {part} is full \(0.0 GB"):
+        worker.handle(order_envelope(), 1)
+
+
 def test_a_job_s_inputs_are_downloaded_side_by_side(worker, tmp_path):
     """Three inputs: each download waits until the other two have started (one after the
     other, the first would wait until the barrier's timeout), and the recipe sees all three."""
@@ -478,6 +492,21 @@ def arriving_until(planner, now, frame, end: float) -> list[Envelope]:
     return issued
 
 
+def test_a_long_upload_has_its_first_jobs_issued_while_it_goes_on(tmp_path, template, science):
+    """Frames every 2 s for a minute: the complete bias template is issued once the quiet
+    period (5 s) has passed since the first frame, not after the wait (30 s)."""
+    registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
+    complete, sci = template(56870.70), science()
+    registry.record_frames([*complete, *template(56870.8, keys=FLAT), *sci], {})
+    now = [0.0]
+    planner, issued = make_planner(registry, now), {}
+    while now[0] < 60:
+        planner.handle(registered(sci[0]), 1)
+        issued.update((e.type, now[0]) for e in idle(planner))
+        now[0] += 2
+    assert issued == {"work.bias": 6.0}
+
+
 def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_grow(
         tmp_path, template, science):
     """A bulk upload: frames arrive for longer than plan_max_wait_s.  The complete bias
@@ -490,7 +519,7 @@ def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_gro
     registry.record_frames([*complete, *flats, *sci], {})
     now = [0.0]
     planner = make_planner(registry, now)
-    (bias,) = arriving_until(planner, now, sci[0], 70)  # issued at 60 s, frames arriving
+    (bias,) = arriving_until(planner, now, sci[0], 70)  # issued at 6 s, frames arriving
     assert {i.path for i in bias.payload.inputs} == {f.path for f in complete}
     assert idle(planner) == []  # within the quiet period
     now[0] += 10

@@ -1,5 +1,7 @@
 """The registry on SQLite and on the machine's PostgreSQL."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
@@ -198,3 +200,20 @@ def test_a_plan_of_some_nights_replaces_only_their_decisions(db_url):
     reg.record_decisions(None, [])
     assert reg.decisions() == []
     reg.close()
+
+
+def test_services_starting_together_create_one_schema_in_a_fresh_database(db_url):
+    """``serve`` starts the ingest, the planner and the workers at once on a new database:
+    each creates the tables it finds missing, and none may fail because another did."""
+    together = threading.Barrier(6, timeout=30)
+
+    def connect(_):
+        together.wait()
+        registry = Registry.connect(db_url)
+        registry.close()
+
+    with ThreadPoolExecutor(6) as threads:
+        list(threads.map(connect, range(6)))
+    registry = Registry.connect(db_url)
+    assert registry.jobs() == []
+    registry.close()

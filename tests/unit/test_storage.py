@@ -226,6 +226,25 @@ def test_two_writers_of_one_key_in_a_local_store_do_not_mix(tmp_path, monkeypatc
     assert [p.name for p in (tmp_path / "store/products").iterdir()] == ["MASTER_BIAS-01.fits"]
 
 
+def test_a_local_store_links_what_a_job_reads_and_keeps_it_when_the_key_is_rewritten(
+        tmp_path):
+    """``serve`` on one machine: a worker's input is the stored file itself (no byte
+    copied), and storing the key again leaves the linked input as the job read it."""
+    store = LocalStore(tmp_path / "store")
+    src = tmp_path / "a.fits"
+    src.write_bytes(b"first")
+    store.put_file(src, "raw/a.fits")
+    got = tmp_path / "scratch/job/000/a.fits"
+    assert store.get_file("raw/a.fits", got) == 0
+    assert got.stat().st_ino == (tmp_path / "store/raw/a.fits").stat().st_ino
+    src.write_bytes(b"second")
+    store.put_file(src, "raw/a.fits")
+    assert got.read_bytes() == b"first" and store.get_file("raw/a.fits", got) == 0
+    assert got.read_bytes() == b"second"  # a second fetch to the same place replaces it
+    with pytest.raises(NotFound):
+        store.get_file("raw/missing.fits", tmp_path / "x.fits")
+
+
 def test_processes_sharing_a_local_store_check_it_side_by_side(tmp_path, monkeypatch):
     """Every service checks the store as it starts: one's probe is not another's."""
     first, second = LocalStore(tmp_path / "store"), LocalStore(tmp_path / "store")
