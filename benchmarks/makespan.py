@@ -79,7 +79,8 @@ def embedded(raw: Path, work: Path, memory_gb: float) -> dict:
 
 def services(raw: Path, work: Path, memory_gb: float, jobs: int, cache_gb: str,
              preloaded: bool, s3: bool) -> dict:
-    with fresh_services(work, s3, memory_gb=str(memory_gb), plan_quiet_s="5", cache_gb=cache_gb,
+    with fresh_services(work, s3, memory_gb=str(memory_gb), plan_quiet_s="5", plan_every_s="5",
+                        cache_gb=cache_gb,
                         admission=str(work / "admission.json")) as (_, s, fleet, registry):
         ncpus = len(os.sched_getaffinity(0))
         for name, service in instances(SERVICES, ncpus):

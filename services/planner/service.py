@@ -156,8 +156,8 @@ class Planner(Handler):
 
     def idle(self, publish: Callable[[Sequence[Envelope]], None]) -> None:
         """Collect a finished planning, start the next one (one at a time, in its thread)
-        once frames pause for ``plan_quiet_s``, or that long after the first frame no plan
-        holds yet while they keep coming, and issue what may run.  A plan made while frames
+        once frames pause for ``plan_quiet_s``, or ``plan_every_s`` after the first frame no
+        plan holds yet while they keep coming, and issue what may run.  A plan made while frames
         arrive (the last came less than ``plan_max_wait_s`` ago) waits for every incomplete
         template, and is made again once they have stopped for that long; one that waited
         for a template taken minutes ago is made again when that template stops growing
@@ -185,9 +185,7 @@ class Planner(Handler):
             if self.recheck is not None and mjd_now() >= self.recheck[0]:
                 self.touched |= self.recheck[1]
                 self.recheck = None
-            # frames keep coming: plan them that long after the first one no plan holds yet,
-            # so that a long upload's first jobs start while the rest still comes
-            overdue = now - self.waiting_since >= self.settings.plan_quiet_s
+            overdue = now - self.waiting_since >= self.settings.plan_every_s
             if self.planning is None and self.touched and (quiet or overdue):
                 if arriving:
                     self.provisional |= self.touched

@@ -47,8 +47,9 @@ class Settings(BaseModel):
     timeout_s: float | None = None  # overrides every stage's recipe timeout (tests, emergencies)
     retry_delays_s: tuple[int, ...] = (30, 120, 600)  # one delay queue each; then dead letter
     delivery_limit: int = 3  # redeliveries of a message whose worker died (OOM, SIGKILL)
-    plan_quiet_s: float = 10.0  # the planner plans after this long without a new frame, and
-    # this long after the first frame no plan holds yet while frames keep coming
+    plan_quiet_s: float = 10.0  # the planner plans after this long without a new frame
+    plan_every_s: float = 10.0  # ... and while frames keep coming, this long after the first
+    # one no plan holds yet (a long upload's first jobs start while the rest still comes)
     plan_max_wait_s: float = 30.0  # frames count as arriving (templates may grow) until none
     # has come for this long
     metrics_port: int = 0  # 0: no metrics server

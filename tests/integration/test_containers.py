@@ -162,6 +162,7 @@ def infra(workspace: Path, images) -> Iterator[dict]:
                "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
                "MUSEDRP_SCRATCH": str(workspace / "scratch" / "host"),
                "MUSEDRP_PLAN_QUIET_S": "5", "MUSEDRP_PLAN_MAX_WAIT_S": "600",
+               "MUSEDRP_PLAN_EVERY_S": "600",
                "MUSEDRP_IFUS": str(IFU)}
         settings = Settings.load(env)
         store = S3Store.from_settings(settings)

@@ -82,7 +82,7 @@ def test_postgres_stopped_and_restarted_loses_no_frame_and_duplicates_nothing(tm
             env = {**names, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
                    "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
                    "MUSEDRP_SCRATCH": str(tmp_path / "scratch"), "MUSEDRP_PLAN_QUIET_S": "8",
-                   "MUSEDRP_PLAN_MAX_WAIT_S": "20",
+                   "MUSEDRP_PLAN_MAX_WAIT_S": "20", "MUSEDRP_PLAN_EVERY_S": "20",
                    "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8,16,32", "MUSEDRP_IFUS": str(IFU),
                    "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
             settings = Settings.load(env)

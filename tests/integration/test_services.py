@@ -54,7 +54,8 @@ def infra(workspace: Path) -> Iterator[dict]:
         env = {**names, "MUSEDRP_S3_ENDPOINT": s3.endpoint,
                "MUSEDRP_S3_ACCESS_KEY": s3.access_key, "MUSEDRP_S3_SECRET_KEY": s3.secret_key,
                "MUSEDRP_SCRATCH": str(workspace / "scratch"), "MUSEDRP_PLAN_QUIET_S": "5",
-               "MUSEDRP_PLAN_MAX_WAIT_S": "600", "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
+               "MUSEDRP_PLAN_MAX_WAIT_S": "600", "MUSEDRP_PLAN_EVERY_S": "600",
+               "MUSEDRP_RETRY_DELAYS_S": "1,2,4,8",
                "MUSEDRP_IFUS": str(IFU), "MUSEDRP_S3_ATTEMPTS": "1", "MUSEDRP_S3_TIMEOUT_S": "5"}
         settings = Settings.load(env)
         store = S3Store.from_settings(settings)

@@ -493,8 +493,8 @@ def arriving_until(planner, now, frame, end: float) -> list[Envelope]:
 
 
 def test_a_long_upload_has_its_first_jobs_issued_while_it_goes_on(tmp_path, template, science):
-    """Frames every 2 s for a minute: the complete bias template is issued once the quiet
-    period (5 s) has passed since the first frame, not after the wait (30 s)."""
+    """Frames every 2 s for a minute: the complete bias template is issued once
+    ``plan_every_s`` (10 s) has passed since the first frame, not after the wait (30 s)."""
     registry = Registry(f"sqlite:///{tmp_path / 'reg.sqlite'}")
     complete, sci = template(56870.70), science()
     registry.record_frames([*complete, *template(56870.8, keys=FLAT), *sci], {})
@@ -504,7 +504,7 @@ def test_a_long_upload_has_its_first_jobs_issued_while_it_goes_on(tmp_path, temp
         planner.handle(registered(sci[0]), 1)
         issued.update((e.type, now[0]) for e in idle(planner))
         now[0] += 2
-    assert issued == {"work.bias": 6.0}
+    assert issued == {"work.bias": 10.0}
 
 
 def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_grow(
@@ -519,7 +519,7 @@ def test_frames_arriving_for_long_are_planned_without_the_templates_that_may_gro
     registry.record_frames([*complete, *flats, *sci], {})
     now = [0.0]
     planner = make_planner(registry, now)
-    (bias,) = arriving_until(planner, now, sci[0], 70)  # issued at 6 s, frames arriving
+    (bias,) = arriving_until(planner, now, sci[0], 70)  # issued at 10 s, frames arriving
     assert {i.path for i in bias.payload.inputs} == {f.path for f in complete}
     assert idle(planner) == []  # within the quiet period
     now[0] += 10
