@@ -3,6 +3,7 @@ recipe, and the planner on a SQLite registry."""
 
 import errno
 import logging
+import re
 import threading
 import time
 from concurrent import futures
@@ -146,7 +147,7 @@ def test_a_full_store_directory_is_named_as_what_is_full(worker, tmp_path, monke
         raise OSError(errno.ENOSPC, "No space left on device", str(part))
 
     monkeypatch.setattr(worker.store, "put_file", full)
-    with pytest.raises(Transient, match=rf"^the disk of {part} is full \(0.0 GB"):
+    with pytest.raises(Transient, match=rf"^the disk of {re.escape(str(part))} is full \(0.0 GB"):
         worker.handle(order_envelope(), 1)
 
 
