@@ -26,6 +26,7 @@ from musedrp.serve import SERVICES, Fleet, instances, submit
 from musedrp.settings import Settings
 
 from .conftest import assert_same_data, throwaway_vhost
+from .test_services import tail_logs
 
 pytestmark = pytest.mark.integration
 DONE = ("succeeded", "cached", "failed", "skipped", "superseded")
@@ -36,10 +37,8 @@ def until(done, timeout_s: float, what: str, fleet: Fleet) -> None:
     while not done():
         dead = [n for n, p in fleet.processes.items() if p.poll() is not None]
         if dead or time.monotonic() > deadline:
-            logs = "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}"
-                             for log in sorted((fleet.state_dir / "logs").glob("*.log")))
             raise AssertionError(f"{what}: {'exited: ' + ', '.join(dead) if dead else 'timed out'}"
-                                 f"\n{logs}")
+                                 f"\n{tail_logs(fleet)}")
         time.sleep(1)
 
 
