@@ -6,7 +6,9 @@ its content-derived key, so re-planning the same frames adds nothing and publish
 twice.  A new frame re-plans only the nights that may use it (those within ``SEARCH_DAYS``),
 from the frames those may use.  Planning runs in a thread of its own, so that the connection
 thread keeps sending heartbeats (planning a year takes minutes); what it planned is issued on
-the connection thread, the only one publishing.  State lives in the registry only: a
+the connection thread, the only one publishing.  Many nights are planned in parts, side by
+side in processes forked on the planner's CPUs (``cpu_count``), each recording the jobs of
+its own nights.  State lives in the registry only: a
 restarted planner plans every night at once and carries on.  Frames arriving after a night
 was planned re-plan it; a better calibration then gives new job keys (new work), never a
 changed old job, and the old jobs not issued yet are superseded.
@@ -16,10 +18,12 @@ import functools
 import gc
 import logging
 import math
+import multiprocessing
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -28,16 +32,27 @@ from typing import NamedTuple, TypeVar
 from musedrp import esorex, metrics, qctrend, service
 from musedrp.broker import Handler
 from musedrp.errors import DataError, NoWork
-from musedrp.frames import datetime_to_mjd
+from musedrp.frames import Frame, datetime_to_mjd
 from musedrp.messages import Envelope, ProductCreated, WorkOrder, night_correlation
-from musedrp.planner import SEARCH_DAYS, plan_night
-from musedrp.registry import OK_STATES, WAITING, Registry, unavailable_is_transient, utc_now
+from musedrp.planner import SEARCH_DAYS, Plan, plan_night
+from musedrp.registry import (
+    OK_STATES,
+    WAITING,
+    OrderRow,
+    Registry,
+    order_row,
+    unavailable_is_transient,
+    utc_now,
+)
 from musedrp.settings import Settings
 from musedrp.tags import STATIC_TAGS
 from musedrp.topology import BY_NAME, work_key
 
 FAILED_STATES = ("failed", "skipped", "blocked")
 ALL = "*"  # among the touched nights or the jobs due: all of them
+# nights per part at least when a plan is split among processes: a part of a few nights
+# gains less than its process costs
+PART_NIGHTS = 16
 T = TypeVar("T")
 
 
@@ -82,6 +97,94 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+class Part(NamedTuple):
+    """The plan of some nights: its jobs, those still to record, and what it says of the
+    frames."""
+
+    keys: list[str]  # every job of the part
+    rows: list[OrderRow]  # the jobs not recorded yet
+    new: list[str]  # the jobs it recorded that the registry did not hold
+    used: dict[str, set[str]]  # frame path: the jobs that read it
+    notes: dict[str, list[str]]  # frame path: why it was not used (Plan.notes)
+    decisions: list[str]
+    recheck: float | None
+    nothing: str  # why there was nothing to plan (NoWork), else ""
+
+
+def plan_part(frames: Sequence[Frame], nights: Sequence[str] | None, **kwargs) -> Part:
+    """``plan_night`` of ``nights`` (None: every night) from ``frames``, nothing recorded."""
+    try:
+        plan = plan_night(frames, Path(""), nights=nights, **kwargs)
+    except NoWork as err:
+        return Part([], [], [], {}, {}, [], None, str(err))
+    return Part([o.job_key for o in plan.orders], [order_row(o) for o in plan.orders], [],
+                dict(plan.used),  # a frame used says so, and no more (Plan.status)
+                {p: n for p, n in plan.notes.items() if p not in plan.used},
+                plan.decisions, plan.recheck, "")
+
+
+_FORKED: tuple = ()  # in a planning process: the planner's frames, registry URL and kwargs
+
+
+def _forked(*args) -> None:
+    global _FORKED
+    _FORKED = args  # inherited from the planner (fork), not sent
+
+
+def _forked_part(nights: Sequence[str]) -> Part:
+    """The part of ``nights`` in a planning process, from the frames they may use
+    (``plan_night`` costs as many frames as it is given).  It records the jobs of its own
+    nights itself, on connections of its own; a job of another night (a calibration taken
+    there) may be another part's too, and is left to the planner, once every part is in."""
+    frames, url, kwargs = _FORKED
+    span = timedelta(days=SEARCH_DAYS)
+    lo, hi = (str(date.fromisoformat(n) + d) for n, d in ((nights[0], -span), (nights[-1], span)))
+    part = plan_part([f for f in frames if f.tag in STATIC_TAGS or lo <= f.night <= hi],
+                     nights, **kwargs)
+    own = set(nights)
+    registry = Registry(url, create=False)
+    try:
+        new = registry.record_orders([r for r in part.rows if r.night in own])
+    finally:
+        registry.close()
+    return part._replace(rows=[r for r in part.rows if r.night not in own], new=new)
+
+
+def plan_parts(frames: Sequence[Frame], parts: list[Sequence[str] | None], processes: int,
+               url: str, **kwargs) -> Iterator[Part]:
+    """``plan_part`` of each of ``parts``, in order; more than one in ``processes`` processes
+    forked from this one, which record on the registry at ``url``."""
+    if len(parts) == 1:
+        yield plan_part(frames, parts[0], **kwargs)
+        return
+    # forked from the planning thread: the processes only plan, and record on connections
+    # of their own
+    with ProcessPoolExecutor(processes, multiprocessing.get_context("fork"),
+                             initializer=_forked, initargs=(frames, url, kwargs)) as pool:
+        for done in [pool.submit(_forked_part, nights) for nights in parts]:
+            yield done.result()
+
+
+def absorb(plan: Plan, part: Part) -> None:
+    """Add ``part``'s decisions, and what it says of the frames, to ``plan`` (a frame one
+    part used is used)."""
+    for path, used in part.used.items():
+        plan.used[path] |= used
+    for path, notes in part.notes.items():
+        plan.notes[path] += [n for n in notes if n not in plan.notes[path]]
+    plan.decisions += part.decisions
+    if part.recheck is not None:
+        plan.recheck = min(plan.recheck or math.inf, part.recheck)
+
+
+def split(nights: Sequence[str], processes: int, least: int = PART_NIGHTS) -> list[list[str]]:
+    """``nights`` in runs of consecutive nights, two per process (a part ends while the last
+    ones are still planned) and of at least ``least`` nights each."""
+    count = max(1, min(2 * processes, len(nights) // least)) if processes > 1 else 1
+    return [list(nights[i * len(nights) // count:(i + 1) * len(nights) // count])
+            for i in range(count)]
+
+
 class Planned(NamedTuple):
     keys: list[str]  # the jobs of the plan
     recheck: float | None  # the MJD at which a template it waited for stops growing
@@ -94,6 +197,8 @@ class Planner(Handler):
                  log: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry, self.settings, self.version, self.log = registry, settings, version, log
         self.clock = clock
+        self.processes = service.cpu_count(settings)  # that plan parts side by side
+        self.part_nights = PART_NIGHTS
         self.last_frame = float("-inf")
         self.waiting_since = math.inf  # when the oldest frame not planned yet came
         # at start-up, whatever happened while we were away: every night, every waiting job
@@ -207,30 +312,56 @@ class Planner(Handler):
     def _plan(self, touched: set[str], arriving: bool) -> Planned:
         nights = None if ALL in touched else self.registry.nights(touched, SEARCH_DAYS)
         frames = self.registry.load_frames(nights, SEARCH_DAYS)
-        try:
-            plan = plan_night(frames, Path(""), self.version, self.settings.ifus or None,
-                              memory_gb=self.settings.memory_gb, nights=nights,
-                              now=mjd_now(), arriving=arriving)
-        except NoWork as err:
+        observed = sorted(nights if nights is not None else
+                          {f.night for f in frames if f.tag not in (None, *STATIC_TAGS)})
+        parts: list[Sequence[str] | None] = split(observed, self.processes, self.part_nights)
+        if len(parts) == 1:
+            parts = [nights]
+        plan, keys, new, rows, nothing = Plan([]), [], [], [], []
+        # a frame's status is final once every part within SEARCH_DAYS of its night is in:
+        # recorded meanwhile, night by night (static calibrations serve every night: last)
+        dated = sorted((f for f in frames if f.tag not in STATIC_TAGS), key=lambda f: f.night)
+        settled = 0
+
+        def settle(before: str | None) -> None:  # the statuses of frames of nights < before
+            nonlocal settled
+            end = len(dated) if before is None else bisect_left(dated, before,
+                                                                key=lambda f: f.night)
+            self.registry.set_statuses({
+                f.path: (status, "; ".join(why)) for f in dated[settled:end]
+                if nights is None or f.night in touched for status, why in [plan.status(f)]})
+            settled = end
+
+        for i, part in enumerate(plan_parts(
+                frames, parts, self.processes, self.registry.url, version=self.version,
+                ifus=self.settings.ifus or None, memory_gb=self.settings.memory_gb,
+                now=mjd_now(), arriving=arriving)):
+            keys += part.keys
+            new += part.new
+            rows += part.rows
+            absorb(plan, part)
+            nothing += [part.nothing] if part.nothing else []
+            if i + 1 < len(parts) and len(nothing) <= i:  # a part had work: there is a plan
+                settle(str(date.fromisoformat(parts[i + 1][0]) - timedelta(days=SEARCH_DAYS)))
+        new += self.registry.record_orders(rows)
+        if len(nothing) == len(parts):
             self.log.info("%d frame(s) registered, nothing to plan yet: %s", len(frames),
-                          err)
+                          nothing[0])
             return Planned([], None)
-        new = self.registry.record_orders(plan.orders)
         gone = self.registry.supersede(  # jobs of frames that more frames have replaced
-            None if nights is None else self.settled(nights),
-            [o.job_key for o in plan.orders],
+            None if nights is None else self.settled(nights), keys,
             f"no longer planned: the plan of {utc_now():%Y-%m-%d %H:%M:%S} UTC holds other "
             "jobs (frames arrived since)")
-        self.registry.set_statuses({
-            f.path: (status, "; ".join(why)) for f in plan.frames
-            if nights is None or f.night in touched for status, why in [plan.status(f)]})
+        dated += [f for f in frames if f.tag in STATIC_TAGS]
+        settle(None)
         self.registry.record_decisions(nights, plan.decisions)
-        self.log.info("planned %s from %d frame(s): %d job(s), %d new, %d superseded",
+        self.log.info("planned %s from %d frame(s)%s: %d job(s), %d new, %d superseded",
                       "every night" if nights is None else f"{len(nights)} night(s)",
-                      len(frames), len(plan.orders), len(new), len(gone))
+                      len(frames), f" in {len(parts)} parts" if len(parts) > 1 else "",
+                      len(keys), len(new), len(gone))
         for line in plan.decisions:
             self.log.info("decision: %s", line)
-        return Planned([o.job_key for o in plan.orders], plan.recheck)
+        return Planned(keys, plan.recheck)
 
     def settled(self, nights: set[str]) -> set[str]:
         """The nights of ``nights`` whose jobs only nights of ``nights`` may use: no other

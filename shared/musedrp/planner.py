@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
 from pathlib import Path
 from statistics import fmean
 from typing import NamedTuple
@@ -110,7 +110,7 @@ class Template:
     def first(self) -> Frame:
         return self.frames[0]
 
-    @property
+    @cached_property
     def mjd(self) -> float:
         return fmean(f.mjd for f in self.frames)
 
@@ -195,28 +195,31 @@ class Plan:
 
     # The input files of the orders, each made once with its part of a job's identity: a
     # master bias is read by a dozen orders.  (Pydantic validates an InputFile in half the
-    # time ``model_construct`` takes to skip it.)
-
-    def _once(self, key: tuple, make: Callable[[], InputFile]) -> "Ident":
-        if (found := self.inputs.get(key)) is None:
-            found = self.inputs[key] = ident(make())
-        return found
+    # time ``model_construct`` takes to skip it; a year's plan asks for ~2 million inputs,
+    # hence no closure per call.)
 
     def raw_input(self, f: Frame, ifu: int | None, ifus: tuple[int, ...],
                   per_ifu: bool) -> "Ident":
-        return self._once(("raw", f.path, ifu, ifus, per_ifu), lambda: InputFile(
-            tag=f.tag, path=f.path, ifu=ifu, datasum=",".join(f.datasums.get(i, "") for i in ifus),
-            ranges=ifu_ranges(f, ifu if per_ifu else None)))
+        key = ("raw", f.path, ifu, ifus, per_ifu)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(
+                tag=f.tag, path=f.path, ifu=ifu,
+                datasum=",".join([f.datasums.get(i, "") for i in ifus]),
+                ranges=ifu_ranges(f, ifu if per_ifu else None)))
+        return found
 
     def product_input(self, root: str, u: WorkOrder, name: str) -> "Ident":
-        return self._once(("product", u.job_key, name),  # a job key names one order
-                          lambda: InputFile(tag=_tag(name),
-                                            path=os.path.join(root, u.product_dir, name),
-                                            job_key=u.job_key))
+        key = ("product", u.job_key, name)  # a job key names one order
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(
+                tag=_tag(name), path=os.path.join(root, u.product_dir, name), job_key=u.job_key))
+        return found
 
     def static_input(self, tag: Tag, f: Frame) -> "Ident":
-        return self._once(("static", tag, f.path),
-                          lambda: InputFile(tag=tag, path=f.path, datasum=f.checksum))
+        key = ("static", tag, f.path)
+        if (found := self.inputs.get(key)) is None:
+            found = self.inputs[key] = ident(InputFile(tag=tag, path=f.path, datasum=f.checksum))
+        return found
 
     def add(self, order: WorkOrder, frames: Iterable[Frame]) -> WorkOrder:
         """The plan's order of ``order``'s job: ``order``, or the same job planned before
@@ -266,8 +269,9 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
     usable, degraded = [], []
     for t in templates(matching):
         if len(t.frames) < min_count:
+            why = f"{t} has fewer than the {min_count} frames {spec.recipe} needs"
             for f in t.frames:
-                plan.note(f, f"{t} has fewer than the {min_count} frames {spec.recipe} needs")
+                plan.note(f, why)
         else:
             (usable if t.complete else degraded).append(t)
 
@@ -294,8 +298,9 @@ def choose_template(n: "Night", tag: Tag, spec: StageSpec, keys,
             why = (f"{best} is of the science night" if of(t)[0] > of(best)[0] else
                    f"{best} is closer in time to the science "
                    f"({hours(best.mjd - ref)} vs {hours(t.mjd - ref)})")
+            note = f"{t} not chosen: {why}"
             for f in t.frames:
-                plan.note(f, f"{t} not chosen: {why}")
+                plan.note(f, note)
     return best
 
 

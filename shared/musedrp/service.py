@@ -31,6 +31,19 @@ def cpu_set(settings: Settings) -> list[int]:
     return cpus
 
 
+def cpu_count(settings: Settings, quota: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """How many CPUs this process may keep busy: its CPU set (``cpu_set``), at most its
+    cgroup's CPU quota (a container's CPU limit, which the CPU set does not show)."""
+    count = len(cpu_set(settings))
+    try:
+        limit, period = quota.read_text().split()
+        if limit != "max":
+            count = min(count, max(1, int(limit) // int(period)))
+    except (OSError, ValueError):  # no cgroup v2 here
+        pass
+    return count
+
+
 def own_scratch(settings: Settings, name: str, log: logging.Logger) -> Path:
     """This process's scratch directory, new at every start, ``SCRATCH/<name>.<pid>.<random>``,
     locked (``flock``) for as long as the process lives.  Directories of processes of the same

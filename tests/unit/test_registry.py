@@ -160,6 +160,9 @@ def test_jobs_a_plan_no_longer_holds_are_superseded_and_come_back_when_held(db_u
     assert reg.job(b).reason == "frames arrived"
     assert reg.supersede(None, [a, b, d], "again") == [e]  # every night
     assert reg.states([b, d, e]) == {b: "planned", d: "planned", e: "superseded"}
+    # a plan of one night holds a job of another (a calibration taken there): it waits again
+    assert reg.supersede({"2014-08-01"}, [a, b, d, e], "and again") == []
+    assert reg.states([e]) == {e: "planned"}
     reg.close()
 
 
