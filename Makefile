@@ -58,7 +58,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check shared services tests benchmarks
 
-# each writes benchmarks/results/<name>.{md,json,png}; together about 65 min on 2 cores
+# each writes benchmarks/results/<name>.{md,json,png}; together about 70 min on 2 cores
 BENCHMARKS ?= overhead pinning fanout memory_models ingest_planning prompt_latency \
 	broker_throughput
 bench: setup
