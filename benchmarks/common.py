@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -58,7 +59,8 @@ def machine() -> str:
 
 
 def command() -> str:
-    return " ".join([".venv/bin/python", *sys.argv])
+    """The command line as a shell takes it (an empty argument quoted)."""
+    return shlex.join([".venv/bin/python", *sys.argv])
 
 
 def write_results(name: str, title: str, notes: Iterable[str], header: Sequence[str],
