@@ -161,31 +161,43 @@ def fresh_services(work: Path, s3: bool = True, **settings: str) -> Iterator[
     ``MUSEDRP_<NAME>`` for each of ``settings``), a fleet to start services in, and the
     registry."""
     tag = uuid.uuid4().hex[:8]
-    vhost, db = f"musedrp-bench-{tag}", f"musedrp_bench_{tag}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    vhost = f"musedrp-bench-{tag}"
+    with fresh_database(tag) as db_url:
+        rabbitmqctl("add_vhost", vhost)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        server = s3server.start(work / "s3") if s3 else None
+        env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_DB_URL": db_url,
+               "MUSEDRP_SCRATCH": str(work / "scratch"),
+               **({"MUSEDRP_S3_ENDPOINT": server.endpoint,
+                   "MUSEDRP_S3_ACCESS_KEY": server.access_key,
+                   "MUSEDRP_S3_SECRET_KEY": server.secret_key} if server
+                  else {"MUSEDRP_S3_ENDPOINT": f"file://{work / 'store'}"}),
+               **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
+        s = Settings.load(env)
+        if server:
+            S3Store.from_settings(s).create_bucket()
+        fleet = Fleet(work / "services", env)
+        registry = Registry.connect(db_url)
+        try:
+            yield env, s, fleet, registry
+        finally:
+            registry.close()
+            fleet.stop_all()
+            if server:
+                server.stop()
+            rabbitmqctl("delete_vhost", vhost, check=False)
+
+
+@contextlib.contextmanager
+def fresh_database(tag: str) -> Iterator[str]:
+    """The URL of a new database ``musedrp_bench_<tag>`` on the local PostgreSQL, dropped
+    afterwards."""
+    db = f"musedrp_bench_{tag}"
     db_url = PG.rsplit("/", 1)[0] + f"/{db}"
     ensure_database(db_url)
-    server = s3server.start(work / "s3") if s3 else None
-    env = {"MUSEDRP_AMQP_VHOST": vhost, "MUSEDRP_DB_URL": db_url,
-           "MUSEDRP_SCRATCH": str(work / "scratch"),
-           **({"MUSEDRP_S3_ENDPOINT": server.endpoint, "MUSEDRP_S3_ACCESS_KEY": server.access_key,
-               "MUSEDRP_S3_SECRET_KEY": server.secret_key} if server
-              else {"MUSEDRP_S3_ENDPOINT": f"file://{work / 'store'}"}),
-           **{f"MUSEDRP_{k.upper()}": v for k, v in settings.items()}}
-    s = Settings.load(env)
-    if server:
-        S3Store.from_settings(s).create_bucket()
-    fleet = Fleet(work / "services", env)
-    registry = Registry.connect(db_url)
     try:
-        yield env, s, fleet, registry
+        yield db_url
     finally:
-        registry.close()
-        fleet.stop_all()
-        if server:
-            server.stop()
-        rabbitmqctl("delete_vhost", vhost, check=False)
         engine = create_engine(PG, isolation_level="AUTOCOMMIT")
         with engine.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))

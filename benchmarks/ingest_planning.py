@@ -15,6 +15,7 @@ after one bias job finished (its dependents only).  Writes ``results/NAME.{md,js
 """
 
 import argparse
+import contextlib
 import io
 import logging
 import multiprocessing
@@ -24,18 +25,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-from sqlalchemy import create_engine, text
 
 from musedrp import s3server, storage
 from musedrp.frames import Frame, classify, classify_dir, classify_header
 from musedrp.messages import Envelope, FrameRegistered, JobFinished
 from musedrp.planner import SEARCH_DAYS
-from musedrp.registry import Registry, ensure_database
+from musedrp.registry import Registry
 from musedrp.service import cpu_count
 from musedrp.services.planner.service import ALL, Planner, split
 from musedrp.settings import Settings
@@ -43,9 +42,7 @@ from musedrp.simulate import detector, night
 from musedrp.simulate.static import write_static
 from musedrp.tags import STATIC_TAGS, Tag
 
-from common import NIGHT, timed, write_results
-
-PG = "postgresql+psycopg://postgres@127.0.0.1:5432"
+from common import NIGHT, fresh_database, timed, write_results
 
 
 def ingest(counts: list[int], tmp: Path) -> list[dict]:
@@ -128,26 +125,17 @@ def clocked(fn, *args) -> tuple[float, float, object]:
     return time.monotonic() - wall, cpu_s() - cpu, result
 
 
-@contextmanager
+@contextlib.contextmanager
 def registry_at(kind: str, tmp: Path, name: str) -> Iterator[Registry]:
     """A new registry: an SQLite file in ``tmp``, or a database on the local PostgreSQL
     (dropped afterwards)."""
-    if kind == "sqlite":
-        registry = Registry.connect(f"sqlite:///{tmp / f'{name}.sqlite'}")
-        yield registry
-        registry.close()
-        return
-    url = f"{PG}/musedrp_bench_{name}"
-    ensure_database(url)
-    registry = Registry.connect(url)
-    try:
-        yield registry
-    finally:
-        registry.close()
-        admin = create_engine(f"{PG}/postgres", isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "musedrp_bench_{name}" WITH (FORCE)'))
-        admin.dispose()
+    with (contextlib.nullcontext(f"sqlite:///{tmp / f'{name}.sqlite'}") if kind == "sqlite"
+          else fresh_database(name)) as url:
+        registry = Registry.connect(url)
+        try:
+            yield registry
+        finally:
+            registry.close()
 
 
 def event(kind: str, payload) -> Envelope:
